@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -11,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
+
+from intentd.speak import speak
 
 ESPEAK_RATE_HZ = 22050
 # espeak-ng pads its output with near-silence; samples below this count as silence when we
@@ -20,12 +20,7 @@ TRIM_THRESHOLD = 0.01
 
 def say(text: str, voice: str = "en-us", wpm: int = 160, pitch: int = 50) -> np.ndarray:
     """Speak `text` with espeak-ng; float32 mono at 22.05 kHz, leading/trailing silence trimmed."""
-    out = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(wpm), "-p", str(pitch), "--stdout", text],
-        check=True,
-        capture_output=True,
-    ).stdout
-    samples, rate = sf.read(io.BytesIO(out), dtype="float32")
+    samples, rate = speak(text, voice=voice, wpm=wpm, pitch=pitch)
     assert rate == ESPEAK_RATE_HZ
     loud = np.flatnonzero(np.abs(samples) > TRIM_THRESHOLD)
     return samples[loud[0] : loud[-1] + 1] if loud.size else samples[:0]
