@@ -1,2 +1,240 @@
-def main() -> int:
+"""The `intentd` command line: builds config at the edge, runs a job, turns expected errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from intentd import __version__
+from intentd.errors import IntentdError
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="checkpoint folder (default: the built-in demo model)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs (default auto)")
+    p.add_argument("--config", help="TOML config file (same keys as intentd.toml); flags win")
+    p.add_argument("--log-level", default=None, help="debug, info, warning (default) or error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full CLI."""
+    parser = argparse.ArgumentParser(prog="intentd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"intentd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the long-running daemon: capture, segment, classify, publish")
+    _add_model_flags(p)
+    p.add_argument("--source", help="mic, mic:NAME_OR_INDEX or wav:PATH (default mic)")
+    p.add_argument("--publish", help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:5556)")
+    p.add_argument("--realtime", action="store_true", default=None, help="pace wav: sources at real time")
+    p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    p.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("replay", help="run the pipeline over one WAV file, one JSON line per event")
+    p.add_argument("wav", help="audio file (any rate, channels, format soundfile reads)")
+    _add_model_flags(p)
+    p.add_argument("--realtime", action="store_true", default=None, help="pace at real time")
+    p.add_argument("--publish", help="also publish events on this ZeroMQ endpoint")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("classify", help="classify whole files (no VAD), one JSON line per file")
+    p.add_argument("wavs", nargs="+", metavar="WAV")
+    _add_model_flags(p)
+    p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("info", help="version, device and model in use")
+    _add_model_flags(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="speak a few requests with espeak-ng and replay them (built-in model)")
+    _add_model_flags(p)
+    p.set_defaults(func=_cmd_demo)
+
+    _register_optional(sub)
+    return parser
+
+
+def _register_optional(sub: argparse._SubParsersAction) -> None:
+    # The client and training commands live with their packages; training needs the `train` extra.
+    from intentd_client import listen
+
+    listen.add_parser(sub)
+    try:
+        from intentd_train import cli as train_cli
+    except ImportError as e:  # the daemon-only install has no datasets/evaluate
+        log.debug("training commands unavailable: %s", e)
+        return
+    train_cli.register(sub)
+
+
+def _config_from_args(args: argparse.Namespace, source: str | None = None) -> Any:
+    from intentd import config
+
+    overrides: dict[str, dict[str, Any]] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+
+    put("model", "path", getattr(args, "model", None))
+    put("model", "device", getattr(args, "device", None))
+    put("source", "spec", source or getattr(args, "source", None))
+    put("source", "realtime", getattr(args, "realtime", None))
+    put("publish", "endpoint", getattr(args, "publish", None))
+    return config.load(getattr(args, "config", None), overrides)
+
+
+def _setup_logging(args: argparse.Namespace, default: str) -> None:
+    level = (args.log_level or default).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise IntentdError(f"--log-level {args.log_level!r} must be debug, info, warning or error")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "urllib3", "filelock", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _load_classifier(cfg: Any) -> Any:
+    import torch
+
+    from intentd.model import Classifier
+
+    if cfg.model.threads:
+        torch.set_num_threads(cfg.model.threads)
+    clf = Classifier(
+        cfg.model.resolved_path, device=cfg.model.device, top_k=cfg.model.top_k, min_score=cfg.model.min_score
+    )
+    clf.warmup()
+    return clf
+
+
+def _open_source(cfg: Any) -> Any:
+    from intentd import sources
+
+    kind, _, rest = cfg.source.spec.partition(":")
+    if kind == "wav":
+        src = sources.WavSource(rest, realtime=cfg.source.realtime)
+    else:
+        device: str | int | None = int(rest) if rest.isdigit() else (rest or None)
+        src = sources.MicSource(
+            device,
+            rate_hz=cfg.source.rate_hz or None,
+            channels=cfg.source.channels or None,
+            queue_max_chunks=cfg.queues.audio_max_chunks,
+        )
+    src.open()
+    return src
+
+
+def _run_pipeline(cfg: Any, publish: bool, on_intent: Any = None) -> int:
+    from intentd.runner import Pipeline
+
+    clf = _load_classifier(cfg)
+    src = _open_source(cfg)
+    pipe = Pipeline(cfg, clf, src, on_intent=on_intent, publish=publish)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: finishing the segment in progress and draining", signum)
+        pipe.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    pipe.start()
+    pipe.wait()
+    if pipe.error is not None:
+        raise pipe.error
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    _setup_logging(args, "info")
+    cfg = _config_from_args(args)
+    if args.print_config:
+        print(cfg.to_toml())
+        return 0
+    if args.check_config:
+        print(f"config ok (model {cfg.model.resolved_path}, source {cfg.source.spec})")
+        return 0
+    return _run_pipeline(cfg, publish=True)
+
+
+def _print_event(event: Any) -> None:
+    sys.stdout.write(event.to_json() + "\n")
+    sys.stdout.flush()
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    _setup_logging(args, "warning")
+    from intentd.audio import open_wav
+
+    open_wav(args.wav).close()  # a bad file fails here, before the model loads
+    cfg = _config_from_args(args, source=f"wav:{args.wav}")
+    return _run_pipeline(cfg, publish=args.publish is not None, on_intent=_print_event)
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    _setup_logging(args, "warning")
+    from intentd.classify import classify_files
+
+    cfg = _config_from_args(args)
+    return classify_files(args.wavs, _load_classifier(cfg), cfg.model.max_batch)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    _setup_logging(args, "warning")
+    import torch
+
+    from intentd.model import resolve_device
+
+    cfg = _config_from_args(args)
+    model_path = str(Path(cfg.model.resolved_path).resolve())
+    labels: list[str] = []
+    cfg_file = Path(model_path) / "config.json"
+    if cfg_file.is_file():
+        id2label = json.loads(cfg_file.read_text()).get("id2label", {})
+        labels = [id2label[k] for k in sorted(id2label, key=int)]
+    info = {
+        "version": __version__,
+        "device": str(resolve_device(cfg.model.device)),
+        "model_path": model_path,
+        "labels": labels,
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    _setup_logging(args, "warning")
+    from intentd.demo import run_demo
+
+    cfg = _config_from_args(args)
+    return run_demo(cfg, _load_classifier(cfg))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `intentd` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except IntentdError as e:
+        print(f"intentd: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

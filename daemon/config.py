@@ -1,0 +1,177 @@
+"""The daemon's configuration: frozen nested dataclasses built once from TOML and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from intentd.errors import ConfigError
+from intentd.vad import VadConfig
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+# The built-in demo model ships in the repo next to the package folders.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_MODEL_DIR = REPO_ROOT / "models" / "demo"
+MODEL_ENV = "INTENTD_MODEL"
+
+
+def default_model_path() -> str:
+    """The model used when none is configured: $INTENTD_MODEL, else the built-in demo model."""
+    return os.environ.get(MODEL_ENV) or str(DEMO_MODEL_DIR)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which checkpoint runs where, and how its worker batches."""
+
+    path: str = ""  # empty: the built-in demo model
+    device: str = "auto"
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    min_score: float = 0.0
+    top_k: int = 3
+    threads: int = 0  # 0: torch's default
+
+    def __post_init__(self) -> None:
+        _check(self.device in ("auto", "cpu", "cuda"), "model.device must be auto, cpu or cuda")
+        _check(1 <= self.max_batch <= 1024, "model.max_batch must be 1..1024")
+        _check(0 <= self.max_wait_ms <= 10_000, "model.max_wait_ms must be 0..10000")
+        _check(0.0 <= self.min_score <= 1.0, "model.min_score must be 0..1")
+        _check(1 <= self.top_k <= 100, "model.top_k must be 1..100")
+        _check(0 <= self.threads <= 256, "model.threads must be 0..256")
+
+    @property
+    def resolved_path(self) -> str:
+        """The folder to load."""
+        return self.path or default_model_path()
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where audio comes from: `mic`, `mic:NAME_OR_INDEX` or `wav:PATH`."""
+
+    spec: str = "mic"
+    realtime: bool = False  # pace wav: sources at real time
+    rate_hz: int = 0  # 0: the device's default rate
+    channels: int = 0  # 0: the device's maximum input channels
+
+    def __post_init__(self) -> None:
+        kind = self.spec.split(":", 1)[0]
+        _check(kind in ("mic", "wav"), f"source.spec {self.spec!r} must be mic, mic:DEVICE or wav:PATH")
+        _check(kind != "wav" or len(self.spec) > 4, "source.spec wav: needs a path")
+        _check(
+            self.rate_hz == 0 or 1000 <= self.rate_hz <= 384_000, "source.rate_hz must be 0 or 1000..384000"
+        )
+        _check(0 <= self.channels <= 64, "source.channels must be 0..64")
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """The ZeroMQ PUB endpoint and heartbeat period."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    heartbeat_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.endpoint.startswith(("tcp://", "ipc://", "inproc://")),
+            f"publish.endpoint {self.endpoint!r} must start with tcp://, ipc:// or inproc://",
+        )
+        _check(0.05 <= self.heartbeat_s <= 3600, "publish.heartbeat_s must be 0.05..3600")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """Bounds of the pipeline's queues (see runner.py for what happens when they fill)."""
+
+    audio_max_chunks: int = 512
+    segment_max: int = 64
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.audio_max_chunks <= 1_000_000, "queues.audio_max_chunks must be 1..1000000")
+        _check(1 <= self.segment_max <= 100_000, "queues.segment_max must be 1..100000")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon needs, validated."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    queues: QueueConfig = field(default_factory=QueueConfig)
+
+    def to_toml(self) -> str:
+        """The effective config as TOML text (for --print-config)."""
+        lines: list[str] = []
+        for f in fields(self):
+            lines.append(f"[{f.name}]")
+            for k, v in dataclasses.asdict(getattr(self, f.name)).items():
+                lines.append(f"{k} = {_toml_value(v)}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+def _section(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    for key, v in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+        default = getattr(cls(), key)
+        if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if type(v) is not type(default):
+            raise ConfigError(f"{where}: {key} must be {type(default).__name__}, got {v!r}")
+    return cls(**values)
+
+
+def apply(base: Config, overrides: dict[str, dict[str, Any]], where: str) -> Config:
+    """A copy of `base` with `{section: {key: value}}` overrides, each validated."""
+    sections = {f.name: f for f in fields(Config)}
+    changed: dict[str, Any] = {}
+    for name, values in overrides.items():
+        if name not in sections:
+            raise ConfigError(f"{where}: unknown section [{name}] (known: {', '.join(sections)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table")
+        current = dataclasses.asdict(getattr(base, name))
+        current.update(values)
+        changed[name] = _section(type(getattr(base, name)), current, f"{where} [{name}]")
+    return replace(base, **changed)
+
+
+def load(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Defaults, then the TOML file (if any), then flag overrides; the one place config is built."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {p} cannot be read: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        cfg = apply(cfg, data, str(p))
+    if overrides:
+        cfg = apply(cfg, overrides, "command line")
+    return cfg

@@ -1,0 +1,261 @@
+"""The hallway: every thread, bounded queue and the one stop event of the pipeline live here.
+
+    source.read ─► segmenter ─► resample ─► jobs ─► worker (batches) ─► results ─► publisher
+    (audio thread)                          queue   (worker thread)      queue     (publish thread)
+
+Overflow policy. Live capture drops the *oldest* audio in the source's own bounded queue when the
+audio thread falls behind (counted as the source's `queue_drops`). Once the segmenter has cut a
+segment it is never dropped: a full `jobs` queue blocks the audio thread (back-pressure onto the
+source queue), so every accepted segment is classified and published, also on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from intentd.audio import Chunk
+from intentd.config import Config
+from intentd.errors import IntentdError
+from intentd.model import Classifier
+from intentd.publisher import Publisher, Result
+from intentd.resample import MODEL_RATE_HZ, resample
+from intentd.sources import EndOfStream, Source
+from intentd.vad import Segment, Segmenter
+from intentd_client.protocol import IntentEvent
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.05  # how often blocked threads look at the stop event
+JOIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """A cut utterance, resampled to 16 kHz, waiting for the worker."""
+
+    samples: np.ndarray
+    source: str
+    start_s: float
+    end_s: float
+    queued_at: float
+
+
+class Counters:
+    """Thread-safe pipeline counters, published in heartbeats."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, float] = {}
+
+    def add(self, name: str, n: float = 1) -> None:
+        """Increase a counter."""
+        with self._lock:
+            self._values[name] = self._values.get(name, 0) + n
+
+    def max(self, name: str, value: float) -> None:
+        """Keep the largest value seen."""
+        with self._lock:
+            self._values[name] = max(self._values.get(name, value), value)
+
+    def snapshot(self) -> dict[str, float]:
+        """A copy of all counters."""
+        with self._lock:
+            return dict(self._values)
+
+
+class Pipeline:
+    """Runs one source through the segmenter, the batched worker and the publisher until stopped."""
+
+    def __init__(
+        self,
+        config: Config,
+        classifier: Classifier,
+        source: Source,
+        on_intent: Callable[[IntentEvent], None] | None = None,
+        publish: bool = True,
+    ) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.source = source
+        self.run_id = uuid.uuid4().hex[:12]
+        self.counters = Counters()
+        self.stop_event = threading.Event()
+        self.error: IntentdError | None = None
+        self._jobs: queue.Queue[Job] = queue.Queue(maxsize=config.queues.segment_max)
+        self._results: queue.Queue[Result] = queue.Queue()
+        self._audio_done = threading.Event()
+        self._worker_done = threading.Event()
+        self._segmenters: dict[str, Segmenter] = {}
+        self._started_at = time.monotonic()
+        self.publisher = Publisher(
+            config.publish.endpoint if publish else None, self.run_id, on_intent=on_intent
+        )
+        self._threads = [
+            threading.Thread(target=self._audio_loop, name="intentd-audio", daemon=True),
+            threading.Thread(target=self._worker_loop, name="intentd-worker", daemon=True),
+            threading.Thread(target=self._publish_loop, name="intentd-publish", daemon=True),
+        ]
+
+    def start(self) -> None:
+        """Start the threads; the source must already be open."""
+        self._started_at = time.monotonic()
+        for t in self._threads:
+            t.start()
+        log.info("pipeline running: source %s, model %s, run %s", self.source.name,
+                 self.classifier.name, self.run_id)
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: capture ends, the segment in progress is cut and published."""
+        self.stop_event.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until every thread has finished; True when they have."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for t in self._threads:
+            while t.is_alive():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                t.join(POLL_S if left is None else min(POLL_S, left))
+        return True
+
+    def stats(self) -> dict[str, float]:
+        """Counters of every stage, as carried in heartbeats."""
+        s = self.counters.snapshot()
+        s.update({k: float(v) for k, v in self.source.stats().items()})
+        s["queue_depth"] = float(self._jobs.qsize())
+        return s
+
+    # --- audio thread ---------------------------------------------------------------------------
+    def _audio_loop(self) -> None:
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    chunk = self.source.read(POLL_S)
+                except EndOfStream:
+                    break
+                if chunk is not None:
+                    self._segment(chunk)
+        except IntentdError as e:
+            log.error("%s", e)
+            self.error = e
+        finally:
+            for seg in self._flush_all():
+                self._enqueue(seg)
+            self.source.close()
+            self._audio_done.set()
+
+    def _segment(self, chunk: Chunk) -> None:
+        seg = self._segmenters.get(chunk.source)
+        if seg is None:
+            seg = Segmenter(self.config.vad, chunk.rate_hz, source=chunk.source)
+            self._segmenters[chunk.source] = seg
+        for s in seg.process(chunk.samples):
+            self._enqueue(s)
+
+    def _flush_all(self) -> list[Segment]:
+        out: list[Segment] = []
+        for seg in self._segmenters.values():
+            out.extend(seg.flush())
+        return out
+
+    def _enqueue(self, seg: Segment) -> None:
+        job = Job(
+            samples=resample(seg.samples, seg.rate_hz, MODEL_RATE_HZ),
+            source=seg.source,
+            start_s=seg.start_s,
+            end_s=seg.end_s,
+            queued_at=time.monotonic(),
+        )
+        self.counters.add("segments")
+        while True:
+            try:
+                self._jobs.put(job, timeout=POLL_S)
+                return
+            except queue.Full:
+                self.counters.add("segment_queue_full_waits")
+
+    # --- worker thread --------------------------------------------------------------------------
+    def _worker_loop(self) -> None:
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                if batch:
+                    self._run_batch(batch)
+        finally:
+            self._worker_done.set()
+
+    def _next_batch(self) -> list[Job] | None:
+        """Up to max_batch jobs, waiting at most max_wait_ms after the first; None when all done."""
+        try:
+            first = self._jobs.get(timeout=POLL_S)
+        except queue.Empty:
+            return None if self._audio_done.is_set() and self._jobs.empty() else []
+        batch = [first]
+        deadline = time.monotonic() + self.config.model.max_wait_ms / 1000.0
+        while len(batch) < self.config.model.max_batch:
+            left = deadline - time.monotonic()
+            try:
+                batch.append(self._jobs.get(timeout=left) if left > 0 else self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        started = time.monotonic()
+        try:
+            preds = self.classifier.classify([j.samples for j in batch])
+        except Exception:  # one bad batch must not take the daemon down; counted and logged
+            log.exception("worker: batch of %d failed", len(batch))
+            self.counters.add("worker_errors")
+            self.counters.add("segments_failed", len(batch))
+            return
+        self.counters.add("batches")
+        self.counters.max("batch_size_max", len(batch))
+        for job, p in zip(batch, preds, strict=True):
+            self._results.put(
+                Result(
+                    source=job.source,
+                    intent=p.intent,
+                    score=p.score,
+                    top_k=p.top_k,
+                    start_s=job.start_s,
+                    end_s=job.end_s,
+                    queued_at=job.queued_at,
+                    speech_end_at=job.queued_at,
+                    queue_ms=(started - job.queued_at) * 1000.0,
+                    inference_ms=p.inference_ms,
+                    model=self.classifier.name,
+                )
+            )
+
+    # --- publish thread -------------------------------------------------------------------------
+    def _publish_loop(self) -> None:
+        period = self.config.publish.heartbeat_s
+        next_heartbeat = time.monotonic()
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    self.publisher.publish_heartbeat(now - self._started_at, self.stats())
+                    next_heartbeat = now + period
+                try:
+                    r = self._results.get(timeout=min(POLL_S, max(0.0, next_heartbeat - now)))
+                except queue.Empty:
+                    if self._worker_done.is_set() and self._results.empty():
+                        return
+                    continue
+                self.publisher.publish_intent(r)
+                self.counters.add("events")
+        finally:
+            self.publisher.close()

@@ -1,0 +1,67 @@
+"""The classifier: batched results equal one-at-a-time results; min_score; load errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import speech
+from transformers import pipeline
+
+from intentd.errors import ModelError
+from intentd.model import Classifier
+from intentd.resample import MODEL_RATE_HZ
+
+
+def _clips() -> list[np.ndarray]:
+    texts = ["check my balance", "I lost my card, freeze it", "hello", "I want to pay my gas bill now please"]
+    return [speech.convert_rate(speech.say(t), speech.ESPEAK_RATE_HZ, MODEL_RATE_HZ) for t in texts]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_model_nomask"])
+def test_batched_equals_one_at_a_time(fixture: str, request: pytest.FixtureRequest) -> None:
+    clf = Classifier(request.getfixturevalue(fixture), device="cpu", top_k=14)
+    clips = _clips()
+    assert len({len(c) for c in clips}) == len(clips)  # different lengths force padding
+    batched = clf.classify(clips)
+    for clip, b in zip(clips, batched, strict=True):
+        (single,) = clf.classify([clip])
+        assert b.intent == single.intent
+        got = dict(b.top_k)
+        for label, score in single.top_k:
+            assert got[label] == pytest.approx(score, abs=1e-3)
+
+
+def test_agrees_with_hf_pipeline(tiny_model: Path) -> None:
+    clf = Classifier(tiny_model, device="cpu", top_k=5)
+    pipe = pipeline("audio-classification", model=str(tiny_model), device="cpu")
+    for clip, p in zip(_clips(), clf.classify(_clips()), strict=True):
+        ref = pipe({"raw": clip, "sampling_rate": MODEL_RATE_HZ}, top_k=5)
+        assert p.intent == ref[0]["label"]
+        assert p.score == pytest.approx(ref[0]["score"], abs=1e-4)
+
+
+def test_min_score_gives_unknown_but_keeps_top_k(tiny_model: Path) -> None:
+    clf = Classifier(tiny_model, device="cpu", top_k=3, min_score=0.99)
+    (p,) = clf.classify(_clips()[:1])
+    assert p.intent == "unknown"
+    assert len(p.top_k) == 3 and p.top_k[0][0] != "unknown" and p.score == p.top_k[0][1]
+
+
+def test_missing_folder_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        Classifier(tmp_path / "nope", device="cpu")
+
+
+def test_pickle_only_checkpoint_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForAudioClassification
+
+    model = AutoModelForAudioClassification.from_pretrained(tiny_model)
+    model.save_pretrained(tmp_path, safe_serialization=False)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    for f in tmp_path.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(ModelError, match="safetensors"):
+        Classifier(tmp_path, device="cpu")
