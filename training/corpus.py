@@ -1,0 +1,452 @@
+"""`intentd corpus`: a synthetic MInDS-14-style spoken-intent corpus spoken by espeak-ng.
+
+Output is a Hugging Face `audiofolder`: `OUT/<label>/<file>.wav` (8 kHz mono PCM_16, like
+MInDS-14's telephone audio) plus `OUT/metadata.csv`. With a metadata file, `datasets` (5.x)
+takes columns from it and does *not* infer labels from folder names, so a plain
+`load_dataset("audiofolder", data_dir=OUT)` gives `label` as a string column;
+`load_corpus(OUT)` gives it as a `ClassLabel` over `INTENTS` (same order as sorted folder names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import logging
+import shutil
+import string
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import soundfile as sf
+
+from intentd.errors import ConfigError, IntentdError
+from intentd.resample import resample
+from intentd.speak import ESPEAK, speak
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+
+log = logging.getLogger(__name__)
+
+# The 14 MInDS-14 intents, in the dataset's (alphabetical) order.
+INTENTS: tuple[str, ...] = (
+    "abroad",
+    "address",
+    "app_error",
+    "atm_limit",
+    "balance",
+    "business_loan",
+    "card_issues",
+    "cash_deposit",
+    "direct_debit",
+    "freeze",
+    "high_value_payment",
+    "joint_account",
+    "latest_transactions",
+    "pay_bill",
+)
+
+CORPUS_RATE_HZ = 8000  # MInDS-14 is 8 kHz telephone audio
+PCM_SUBTYPE = "PCM_16"
+METADATA_NAME = "metadata.csv"
+METADATA_COLUMNS = ("file_name", "label", "text", "phrasing_id", "voice", "rate_wpm", "pitch")
+PHRASING_ID_HEX = 8  # hex digits of sha1(text) in a phrasing id
+
+DEFAULT_PER_INTENT = 400  # 14 x 400 = 5,600 clips, ~10 renderings of each phrasing
+DEFAULT_JOBS = 2
+MIN_RATE_WPM, MAX_RATE_WPM = 125, 195
+MIN_PITCH, MAX_PITCH = 20, 80  # espeak-ng's 0-99 scale; 50 is the voice's own
+
+# English espeak-ng voices shipped with the base data (no MBROLA voices are installed).
+BASE_VOICES: tuple[str, ...] = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-gb-x-rp",
+    "en-029",
+    "en-us-nyc",
+)
+# Human-sounding variants (`-v voice+variant`); "" is the voice's default. Robotic, whispered
+# and novelty variants are left out: evaluation audio is real callers.
+VARIANTS: tuple[str, ...] = (
+    "",
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7",
+    "f1", "f2", "f3", "f4", "f5",
+    "klatt", "klatt2", "klatt3", "klatt4",
+    "Andy", "Annie", "aunty", "belinda", "david", "edward", "grandma", "grandpa",
+    "john", "linda", "max", "michel", "paul", "quincy", "rob", "steph", "travis", "zac",
+)  # fmt: skip
+
+# Values for the {slot} fields in phrasing files; one is drawn per clip.
+SLOTS: dict[str, tuple[str, ...]] = {
+    "amount": (
+        "20,000 pounds", "fifteen thousand pounds", "50,000 pounds", "10,000 dollars",
+        "thirty thousand euros", "25,000 pounds", "100,000 pounds", "twelve thousand dollars",
+        "8,000 pounds", "forty thousand dollars", "75,000 euros", "a quarter of a million pounds",
+    ),
+    "cash": (
+        "500 pounds", "two hundred pounds", "1,000 pounds", "300 dollars", "800 euros",
+        "a thousand dollars", "600 pounds", "two hundred and fifty pounds", "400 euros",
+    ),
+    "country": (
+        "Spain", "France", "the United States", "Italy", "Germany", "Portugal", "Thailand",
+        "Australia", "Canada", "Greece", "Mexico", "Japan", "Turkey", "Dubai", "India",
+    ),
+    "city": (
+        "London", "Manchester", "Leeds", "Bristol", "Glasgow", "Sydney", "Boston", "Chicago",
+        "Melbourne", "Birmingham", "Dublin", "Brisbane",
+    ),
+    "street": (
+        "twelve Church Street", "forty five Park Road", "eight High Street",
+        "three Station Road", "twenty one Victoria Avenue", "seven Mill Lane",
+        "fifty two Elm Grove", "ninety Queen Street",
+    ),
+    "person": (
+        "my wife", "my husband", "my partner", "my girlfriend", "my boyfriend", "my mum",
+        "my dad", "my daughter", "my son", "my brother", "my sister", "my fiance",
+    ),
+    "business": (
+        "my bakery", "my restaurant", "my small business", "my shop", "my company",
+        "my cafe", "my plumbing business", "my hair salon", "my building firm", "my farm",
+    ),
+    "bill": (
+        "electricity bill", "gas bill", "water bill", "phone bill", "internet bill",
+        "council tax bill", "credit card bill", "TV licence", "mobile phone bill", "energy bill",
+    ),
+    "company": (
+        "the gym", "my phone company", "the energy company", "Netflix", "British Gas",
+        "my insurance company", "the council", "my landlord", "Vodafone", "Sky",
+    ),
+    "digits": ("four five six one", "two nine eight", "seven seven three zero", "one two three"),
+}  # fmt: skip
+
+# Call-centre openers and closers, added to some clips; "" (most often) adds nothing.
+OPENERS: tuple[str, ...] = (
+    "", "", "", "", "hi, ", "hello, ", "um, ", "hi there, ", "good morning, ", "yes hello, ",
+    "hi, um, ", "hello, yeah, ", "erm, ",
+)  # fmt: skip
+CLOSERS: tuple[str, ...] = ("", "", "", "", " please", ", thanks", ", thank you")
+_HAS_OPENER = ("hi", "hello", "um", "erm", "yes", "good")
+
+
+class CorpusError(IntentdError):
+    """A corpus that cannot be built: output folder in use, espeak-ng missing or failing."""
+
+
+@dataclass(frozen=True)
+class Phrasing:
+    """One way a customer says an intent; `{slot}` fields are filled per clip."""
+
+    id: str  # "<label>-<sha1 of template>": stable under reordering of the phrasing files
+    label: str
+    template: str
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One planned clip: what to say, with which espeak-ng voice, and where it goes."""
+
+    file_name: str  # relative to the corpus folder
+    label: str
+    text: str
+    phrasing_id: str
+    voice: str
+    rate_wpm: int
+    pitch: int
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """What to build: validated once at the edge, then passed down."""
+
+    seed: int = 0
+    per_intent: int = DEFAULT_PER_INTENT
+    intents: tuple[str, ...] = INTENTS
+    jobs: int = DEFAULT_JOBS
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.per_intent < 1:
+            raise ConfigError(f"--per-intent must be at least 1, got {self.per_intent}")
+        if self.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {self.jobs}")
+        unknown = [name for name in self.intents if name not in INTENTS]
+        if unknown or not self.intents:
+            raise ConfigError(
+                f"unknown intents {unknown or '(none given)'}; choose from {', '.join(INTENTS)}"
+            )
+
+
+@dataclass(frozen=True)
+class CorpusSummary:
+    """What `build_corpus` wrote."""
+
+    out_dir: Path
+    clips: int
+    clips_per_label: dict[str, int]
+    phrasings: int
+    voices: tuple[str, ...]
+    audio_s: float
+    elapsed_s: float
+    metadata_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metadata_path", self.out_dir / METADATA_NAME)
+
+
+def phrasing_id(label: str, template: str) -> str:
+    """The stable id of a phrasing: its label and a hash of its whitespace-normalised text."""
+    digest = hashlib.sha1(" ".join(template.split()).encode()).hexdigest()
+    return f"{label}-{digest[:PHRASING_ID_HEX]}"
+
+
+def load_phrasings(intents: Iterable[str] = INTENTS) -> dict[str, tuple[Phrasing, ...]]:
+    """Read `phrasings/<label>.txt` shipped with the package, checking ids and slots."""
+    root = resources.files("intentd_train") / "phrasings"
+    out: dict[str, tuple[Phrasing, ...]] = {}
+    seen: dict[str, str] = {}
+    for label in intents:
+        source = root / f"{label}.txt"
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError as e:
+            raise CorpusError(f"no phrasings for intent {label!r}: {source} is missing") from e
+        phrasings = []
+        for line in lines:
+            template = " ".join(line.split())
+            if not template or template.startswith("#"):
+                continue
+            slots = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+            if slots - SLOTS.keys():
+                raise CorpusError(f"{source}: unknown slots {sorted(slots - SLOTS.keys())}")
+            pid = phrasing_id(label, template)
+            if pid in seen:
+                raise CorpusError(f"{source}: duplicate phrasing {template!r}")
+            seen[pid] = template
+            phrasings.append(Phrasing(pid, label, template))
+        out[label] = tuple(phrasings)
+    return out
+
+
+def _render(template: str, rng: np.random.Generator) -> str:
+    """Fill the slots and maybe add an opener/closer, drawing from `rng`."""
+    text = template.format_map({name: str(rng.choice(values)) for name, values in SLOTS.items()})
+    opener, closer = str(rng.choice(OPENERS)), str(rng.choice(CLOSERS))
+    first_word = text.split()[0].strip(",.?!").lower()
+    if first_word in _HAS_OPENER:
+        opener = ""
+    if opener and not (first_word == "i" or first_word.startswith("i'")):
+        text = text[0].lower() + text[1:]
+    text = opener + text
+    if closer.startswith(", ") and text.endswith("?"):
+        text += f" {closer[2:].capitalize()}."  # "...abroad? Thanks."
+    elif closer:
+        stem, end = (text[:-1], text[-1]) if text[-1] in "?.!" else (text, "")
+        text = stem + closer + end
+    return text
+
+
+def plan_corpus(config: CorpusConfig) -> list[Clip]:
+    """Every clip to synthesise: phrasings round-robin, voice/rate/pitch/slots drawn from seed."""
+    phrasings = load_phrasings(config.intents)
+    clips: list[Clip] = []
+    for label in config.intents:
+        # One generator per (seed, intent) so building a subset of intents gives the same
+        # clips for those intents as the full build.
+        rng = np.random.default_rng([config.seed, INTENTS.index(label)])
+        order = rng.permutation(len(phrasings[label]))
+        for k in range(config.per_intent):
+            phrasing = phrasings[label][order[k % len(order)]]
+            variant = str(rng.choice(VARIANTS))
+            base = str(rng.choice(BASE_VOICES))
+            clips.append(
+                Clip(
+                    file_name=f"{label}/{phrasing.id}-{k:04d}.wav",
+                    label=label,
+                    text=_render(phrasing.template, rng),
+                    phrasing_id=phrasing.id,
+                    voice=f"{base}+{variant}" if variant else base,
+                    rate_wpm=int(rng.integers(MIN_RATE_WPM, MAX_RATE_WPM + 1)),
+                    pitch=int(rng.integers(MIN_PITCH, MAX_PITCH + 1)),
+                )
+            )
+    return clips
+
+
+def synthesize(clip: Clip) -> np.ndarray:
+    """Speak `clip.text` with espeak-ng; float32 mono at `CORPUS_RATE_HZ`."""
+    samples, rate_hz = speak(clip.text, voice=clip.voice, wpm=clip.rate_wpm, pitch=clip.pitch)
+    if samples.ndim != 1:
+        raise CorpusError(f"espeak-ng gave {samples.shape} audio for {clip.file_name}, not mono")
+    return np.clip(resample(samples, rate_hz, CORPUS_RATE_HZ), -1.0, 1.0)
+
+
+def _write_clip(out_dir: Path, clip: Clip) -> int:
+    """Synthesise and save one clip; returns its length in samples."""
+    samples = synthesize(clip)
+    sf.write(out_dir / clip.file_name, samples, CORPUS_RATE_HZ, subtype=PCM_SUBTYPE)
+    return len(samples)
+
+
+def _prepare_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse a non-empty folder unless `force`; then clear what an earlier build wrote."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CorpusError(f"{out_dir} is a file, not a folder; choose another OUT")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise CorpusError(f"{out_dir} is not empty; choose another OUT or pass --force")
+        log.info("--force: replacing the corpus in %s", out_dir)
+        (out_dir / METADATA_NAME).unlink(missing_ok=True)
+        for label in INTENTS:
+            shutil.rmtree(out_dir / label, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_metadata(out_dir: Path, clips: Sequence[Clip]) -> None:
+    """Write `metadata.csv` in plan order, with `\\n` line ends so it is byte-stable."""
+    with open(out_dir / METADATA_NAME, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(METADATA_COLUMNS)
+        for c in clips:
+            writer.writerow([getattr(c, name) for name in METADATA_COLUMNS])
+
+
+def build_corpus(
+    out_dir: Path,
+    seed: int = 0,
+    per_intent: int = DEFAULT_PER_INTENT,
+    intents: Sequence[str] = INTENTS,
+    jobs: int = DEFAULT_JOBS,
+    force: bool = False,
+    progress: bool = True,
+) -> CorpusSummary:
+    """Synthesise the corpus into `out_dir`; the same arguments give byte-identical files."""
+    config = CorpusConfig(seed, per_intent, tuple(intents), jobs, force)
+    if shutil.which(ESPEAK) is None:
+        raise CorpusError(f"{ESPEAK} not found on PATH; install it (apt-get install espeak-ng)")
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    clips = plan_corpus(config)
+    _prepare_out_dir(out_dir, config.force)
+    for label in config.intents:
+        (out_dir / label).mkdir()
+    log.info("synthesising %d clips into %s with %d jobs", len(clips), out_dir, config.jobs)
+
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=config.jobs) as pool:
+        lengths = list(
+            tqdm(
+                pool.map(lambda c: _write_clip(out_dir, c), clips),
+                total=len(clips),
+                desc="corpus",
+                unit="clip",
+                disable=not progress,
+            )
+        )
+    _write_metadata(out_dir, clips)
+    summary = CorpusSummary(
+        out_dir=out_dir,
+        clips=len(clips),
+        clips_per_label=dict(Counter(c.label for c in clips)),
+        phrasings=len({c.phrasing_id for c in clips}),
+        voices=tuple(sorted({c.voice for c in clips})),
+        audio_s=sum(lengths) / CORPUS_RATE_HZ,
+        elapsed_s=time.monotonic() - started,
+    )
+    log.info("wrote %d clips (%.0f s of audio) in %.1f s", summary.clips, summary.audio_s,
+             summary.elapsed_s)  # fmt: skip
+    return summary
+
+
+def load_corpus(out_dir: Path, cache_dir: Path | None = None) -> DatasetDict:
+    """Load a built corpus with `label` as a `ClassLabel` over all of `INTENTS`."""
+    from datasets import Audio, ClassLabel, Features, Value, load_dataset
+
+    features = Features(
+        {
+            "audio": Audio(sampling_rate=CORPUS_RATE_HZ),
+            "label": ClassLabel(names=list(INTENTS)),
+            "text": Value("string"),
+            "phrasing_id": Value("string"),
+            "voice": Value("string"),
+            "rate_wpm": Value("int64"),
+            "pitch": Value("int64"),
+        }
+    )
+    return load_dataset(
+        "audiofolder",
+        data_dir=str(out_dir),
+        features=features,
+        cache_dir=str(cache_dir) if cache_dir else None,
+    )
+
+
+def _intent_list(value: str) -> tuple[str, ...]:
+    """Parse `--intents a,b,c`."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in INTENTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown intents {unknown}; choose from {INTENTS}")
+    return names
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `intentd corpus OUT [--seed N] [--per-intent N] [--intents ...] [--jobs N]`."""
+    p = subparsers.add_parser(
+        "corpus",
+        help="synthesise a MInDS-14-style spoken-intent corpus with espeak-ng",
+        description="Write OUT/<label>/*.wav (8 kHz mono PCM_16) and OUT/metadata.csv "
+        "(an audiofolder dataset). Same --seed and sizes give byte-identical files.",
+    )
+    p.add_argument("out", type=Path, metavar="OUT", help="output folder (must be empty)")
+    p.add_argument("--seed", type=int, default=0, help="voice/rate/pitch/slot draws (default 0)")
+    p.add_argument(
+        "--per-intent",
+        type=int,
+        default=DEFAULT_PER_INTENT,
+        metavar="N",
+        help=f"clips per intent, cycling through its phrasings (default {DEFAULT_PER_INTENT})",
+    )
+    p.add_argument(
+        "--intents",
+        type=_intent_list,
+        default=INTENTS,
+        metavar="A,B,...",
+        help="comma-separated subset of the 14 intents (default all)",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=DEFAULT_JOBS, help=f"parallel espeak-ng (default {DEFAULT_JOBS})"
+    )
+    p.add_argument("--force", action="store_true", help="replace a corpus already in OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The `corpus` subcommand: build, then print a one-line summary."""
+    summary = build_corpus(
+        args.out,
+        seed=args.seed,
+        per_intent=args.per_intent,
+        intents=args.intents,
+        jobs=args.jobs,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {summary.clips} clips ({summary.audio_s / 60:.1f} min of audio, "
+        f"{summary.phrasings} phrasings, {len(summary.voices)} voices) to {summary.out_dir} "
+        f"in {summary.elapsed_s:.0f} s"
+    )
+    return 0
