@@ -1,0 +1,93 @@
+"""The one resampler: lengths, pitch and level preserved at every supported source rate."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy.signal import resample_poly
+
+from intentd.resample import MODEL_RATE_HZ, Resampler, resample
+from intentd.vad import Segment
+
+RATES_HZ = [8000, 11025, 16000, 22050, 32000, 44100, 48000]
+TONE_HZ = 440.0
+TONE_AMPLITUDE = 0.5
+DURATION_S = 1.0
+
+
+def tone(rate_hz: int, seconds: float = DURATION_S) -> np.ndarray:
+    """A 440 Hz sine at `rate_hz`."""
+    t = np.arange(int(seconds * rate_hz)) / rate_hz
+    return (TONE_AMPLITUDE * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("rate_hz", RATES_HZ)
+def test_output_length_matches_rate_ratio(rate_hz: int) -> None:
+    for n in (0, 1, 997, rate_hz, 3 * rate_hz + 5):
+        y = resample(np.zeros(n, np.float32), rate_hz)
+        assert y.dtype == np.float32
+        assert abs(len(y) - round(n * MODEL_RATE_HZ / rate_hz)) <= 1
+
+
+@pytest.mark.parametrize("rate_hz", RATES_HZ)
+def test_tone_keeps_frequency_and_amplitude(rate_hz: int) -> None:
+    y = resample(tone(rate_hz), rate_hz)
+    spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    peak_hz = np.argmax(spectrum) * MODEL_RATE_HZ / len(y)
+    assert abs(peak_hz - TONE_HZ) <= MODEL_RATE_HZ / len(y)
+    # Away from the filter's edge transients the sine keeps its level.
+    middle = y[len(y) // 10 : -len(y) // 10]
+    assert np.sqrt(np.mean(middle**2)) == pytest.approx(TONE_AMPLITUDE / np.sqrt(2), rel=0.01)
+    assert np.max(np.abs(middle)) == pytest.approx(TONE_AMPLITUDE, rel=0.01)
+
+
+def test_same_rate_is_identity_without_copy() -> None:
+    x = tone(MODEL_RATE_HZ)
+    assert resample(x, MODEL_RATE_HZ) is x
+    y = resample(x.astype(np.float64), MODEL_RATE_HZ)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("rate_hz", [22050, 44100, 8000])
+def test_matches_scipy_resample_poly(rate_hz: int) -> None:
+    # The cached filter must give what resample_poly's own default design gives.
+    x = np.random.default_rng(0).standard_normal(rate_hz // 3).astype(np.float32)
+    up, down = {22050: (320, 441), 44100: (160, 441), 8000: (2, 1)}[rate_hz]
+    np.testing.assert_array_equal(resample(x, rate_hz), resample_poly(x, up, down))
+
+
+def test_other_target_rate() -> None:
+    y = resample(tone(MODEL_RATE_HZ), MODEL_RATE_HZ, target_hz=8000)
+    assert len(y) == 8000
+
+
+def test_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="1-D"):
+        resample(np.zeros((10, 2), np.float32), 44100)
+    with pytest.raises(ValueError, match="positive"):
+        resample(np.zeros(10, np.float32), 0)
+
+
+def test_resampler_stage_converts_segment_audio_only() -> None:
+    segment = Segment(
+        samples=tone(44100),
+        rate_hz=44100,
+        start_s=1.5,
+        end_s=2.5,
+        end_of_speech_s=2.4,
+        source="mic",
+        forced=False,
+    )
+    stage = Resampler()
+    out = stage.process(segment)
+    assert out.rate_hz == MODEL_RATE_HZ
+    assert len(out.samples) == MODEL_RATE_HZ
+    np.testing.assert_array_equal(out.samples, resample(segment.samples, 44100))
+    for field in ("start_s", "end_s", "end_of_speech_s", "source", "forced"):
+        assert getattr(out, field) == getattr(segment, field)
+    at_model_rate = dataclasses.replace(segment, samples=tone(MODEL_RATE_HZ), rate_hz=16000)
+    assert stage.process(at_model_rate) is at_model_rate
+    assert stage.flush() == []
