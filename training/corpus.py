@@ -56,6 +56,7 @@ INTENTS: tuple[str, ...] = (
 
 CORPUS_RATE_HZ = 8000  # MInDS-14 is 8 kHz telephone audio
 PCM_SUBTYPE = "PCM_16"
+PEAK_LEVEL = 10 ** (-3 / 20)  # -3 dBFS: each clip's peak after normalisation
 METADATA_NAME = "metadata.csv"
 METADATA_COLUMNS = ("file_name", "label", "text", "phrasing_id", "voice", "rate_wpm", "pitch")
 PHRASING_ID_HEX = 8  # hex digits of sha1(text) in a phrasing id
@@ -288,7 +289,13 @@ def synthesize(clip: Clip) -> np.ndarray:
     samples, rate_hz = speak(clip.text, voice=clip.voice, wpm=clip.rate_wpm, pitch=clip.pitch)
     if samples.ndim != 1:
         raise CorpusError(f"espeak-ng gave {samples.shape} audio for {clip.file_name}, not mono")
-    return np.clip(resample(samples, rate_hz, CORPUS_RATE_HZ), -1.0, 1.0)
+    out = resample(samples, rate_hz, CORPUS_RATE_HZ)
+    # Some variants reach full scale and the resampler's overshoot would then clip, so every
+    # clip is peak-normalised; level is the trainer's augmentation to vary, not the voice's.
+    peak = float(np.abs(out).max()) if out.size else 0.0
+    if peak == 0.0:
+        raise CorpusError(f"espeak-ng gave silence for {clip.file_name} ({clip.voice})")
+    return (out * (PEAK_LEVEL / peak)).astype(np.float32)
 
 
 def _write_clip(out_dir: Path, clip: Clip) -> int:
@@ -393,12 +400,8 @@ def load_corpus(out_dir: Path, cache_dir: Path | None = None) -> DatasetDict:
 
 
 def _intent_list(value: str) -> tuple[str, ...]:
-    """Parse `--intents a,b,c`."""
-    names = tuple(name.strip() for name in value.split(",") if name.strip())
-    unknown = [name for name in names if name not in INTENTS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown intents {unknown}; choose from {INTENTS}")
-    return names
+    """Split `--intents a,b,c`; CorpusConfig checks the names."""
+    return tuple(name.strip() for name in value.split(",") if name.strip())
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
