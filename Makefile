@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libportaudio2 libsndfile1 ffmpeg espeak-ng sox alsa-utils
+APT_PACKAGES := libportaudio2 libsndfile1 ffmpeg espeak-ng sox alsa-utils systemd
 STAMP := $(VENV)/.installed
 
 .PHONY: setup apt demo test lint clean

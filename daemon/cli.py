@@ -118,29 +118,31 @@ def _load_classifier(cfg: Any) -> Any:
     return clf
 
 
-def _open_source(cfg: Any) -> Any:
+def _make_source(cfg: Any) -> Any:
+    """The configured source, not yet open; a missing device or file fails here, before the model loads."""
     from intentd import sources
+    from intentd.audio import open_wav
 
     kind, _, rest = cfg.source.spec.partition(":")
     if kind == "wav":
-        src = sources.WavSource(rest, realtime=cfg.source.realtime)
-    else:
-        device: str | int | None = int(rest) if rest.isdigit() else (rest or None)
-        src = sources.MicSource(
-            device,
-            rate_hz=cfg.source.rate_hz or None,
-            channels=cfg.source.channels or None,
-            queue_max_chunks=cfg.queues.audio_max_chunks,
-        )
-    src.open()
-    return src
+        open_wav(rest).close()
+        return sources.WavSource(rest, realtime=cfg.source.realtime)
+    device: str | int | None = int(rest) if rest.isdigit() else (rest or None)
+    sources.find_input_device(device)
+    return sources.MicSource(
+        device,
+        rate_hz=cfg.source.rate_hz or None,
+        channels=cfg.source.channels or None,
+        queue_max_chunks=cfg.queues.audio_max_chunks,
+    )
 
 
 def _run_pipeline(cfg: Any, publish: bool, on_intent: Any = None) -> int:
     from intentd.runner import Pipeline
 
+    src = _make_source(cfg)
     clf = _load_classifier(cfg)
-    src = _open_source(cfg)
+    src.open()
     pipe = Pipeline(cfg, clf, src, on_intent=on_intent, publish=publish)
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -175,9 +177,6 @@ def _print_event(event: Any) -> None:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     _setup_logging(args, "warning")
-    from intentd.audio import open_wav
-
-    open_wav(args.wav).close()  # a bad file fails here, before the model loads
     cfg = _config_from_args(args, source=f"wav:{args.wav}")
     return _run_pipeline(cfg, publish=args.publish is not None, on_intent=_print_event)
 

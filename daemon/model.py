@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+from transformers.utils import logging as hf_logging
 
 from intentd.errors import ModelError
 from intentd.resample import MODEL_RATE_HZ
@@ -132,6 +133,8 @@ def _load(path: Path, device: torch.device) -> tuple[object, torch.nn.Module]:
             f"model folder {path} has no .safetensors weights; intentd loads safetensors only "
             "(re-save the checkpoint with save_pretrained(safe_serialization=True))"
         )
+    # A daemon's log is no place for a weight-loading progress bar.
+    hf_logging.disable_progress_bar()
     try:
         extractor = AutoFeatureExtractor.from_pretrained(str(path))
         model = AutoModelForAudioClassification.from_pretrained(str(path), use_safetensors=True)
