@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import signal
@@ -16,6 +17,7 @@ from intentd.errors import IntentdError
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
+MODEL_LOAD_BUDGET_S = 120.0
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -96,10 +98,9 @@ def _config_from_args(args: argparse.Namespace, source: str | None = None) -> An
 
 
 def _setup_logging(args: argparse.Namespace, default: str) -> None:
-    level = (args.log_level or default).upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise IntentdError(f"--log-level {args.log_level!r} must be debug, info, warning or error")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from intentd.journal import setup_logging
+
+    setup_logging(args.log_level or default)
     for noisy in ("transformers", "urllib3", "filelock", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -138,10 +139,15 @@ def _make_source(cfg: Any) -> Any:
 
 
 def _run_pipeline(cfg: Any, publish: bool, on_intent: Any = None) -> int:
-    from intentd.runner import Pipeline
+    from intentd.notify import Notifier
 
+    notifier = Notifier.from_env()
+    # Loading torch and the model can outlast TimeoutStartSec on a slow edge box.
+    notifier.extend_timeout(MODEL_LOAD_BUDGET_S)
     src = _make_source(cfg)
     clf = _load_classifier(cfg)
+    from intentd.runner import Pipeline
+
     src.open()
     pipe = Pipeline(cfg, clf, src, on_intent=on_intent, publish=publish)
 
@@ -152,7 +158,8 @@ def _run_pipeline(cfg: Any, publish: bool, on_intent: Any = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     pipe.start()
-    pipe.wait()
+    pipe.supervise(notifier)
+    notifier.stopping()
     if pipe.error is not None:
         raise pipe.error
     return 0
@@ -160,6 +167,8 @@ def _run_pipeline(cfg: Any, publish: bool, on_intent: Any = None) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args, "info")
+    # A watchdog abort (SIGABRT) then leaves every thread's stack in the journal.
+    faulthandler.enable()
     cfg = _config_from_args(args)
     if args.print_config:
         print(cfg.to_toml())

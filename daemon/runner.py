@@ -25,6 +25,7 @@ from intentd.audio import Chunk
 from intentd.config import Config
 from intentd.errors import IntentdError
 from intentd.model import Classifier
+from intentd.notify import Notifier, WatchdogGate
 from intentd.publisher import Publisher, Result
 from intentd.resample import MODEL_RATE_HZ, resample
 from intentd.sources import EndOfStream, Source
@@ -34,7 +35,8 @@ from intentd_client.protocol import IntentEvent
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05  # how often blocked threads look at the stop event
-JOIN_TIMEOUT_S = 30.0
+STATUS_PERIOD_S = 1.0  # how often the supervisor refreshes STATUS= (and pings, without a watchdog)
+DEFAULT_MAX_STALL_S = 10.0  # no frames, or one batch running, this long means the pipeline is stuck
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Pipeline:
         self._worker_done = threading.Event()
         self._segmenters: dict[str, Segmenter] = {}
         self._started_at = time.monotonic()
+        self.gate = WatchdogGate(DEFAULT_MAX_STALL_S)
         self.publisher = Publisher(
             config.publish.endpoint if publish else None, self.run_id, on_intent=on_intent
         )
@@ -127,6 +130,31 @@ class Pipeline:
                 t.join(POLL_S if left is None else min(POLL_S, left))
         return True
 
+    def supervise(self, notifier: Notifier) -> None:
+        """Block until done, sending READY, STATUS and WATCHDOG pings only while the pipeline progresses."""
+        timeout_s = notifier.watchdog_timeout_s()
+        if timeout_s is not None:
+            self.gate = WatchdogGate(timeout_s)
+        period = min(STATUS_PERIOD_S, notifier.watchdog_interval_s() or STATUS_PERIOD_S)
+        notifier.ready(self._status())
+        stuck_reported = False
+        while not self.wait(period):
+            problem = self.gate.problem()
+            if problem is None:
+                notifier.watchdog()
+                notifier.status(self._status())
+                stuck_reported = False
+            elif not stuck_reported:
+                log.error("pipeline stalled: %s; withholding watchdog pings", problem)
+                notifier.status(f"stalled: {problem}")
+                stuck_reported = True
+            if self.stop_event.is_set():
+                notifier.stopping("draining: publishing the segments already cut")
+
+    def _status(self) -> str:
+        events = int(self.counters.snapshot().get("events", 0))
+        return f"listening on {self.source.name}, model {self.classifier.name}, {events} events"
+
     def stats(self) -> dict[str, float]:
         """Counters of every stage, as carried in heartbeats."""
         s = self.counters.snapshot()
@@ -143,6 +171,7 @@ class Pipeline:
                 except EndOfStream:
                     break
                 if chunk is not None:
+                    self.gate.mark_frames()
                     self._segment(chunk)
         except IntentdError as e:
             log.error("%s", e)
@@ -213,6 +242,7 @@ class Pipeline:
 
     def _run_batch(self, batch: list[Job]) -> None:
         started = time.monotonic()
+        self.gate.mark_batch_started(started)
         try:
             preds = self.classifier.classify([j.samples for j in batch])
         except Exception:  # one bad batch must not take the daemon down; counted and logged
@@ -220,6 +250,8 @@ class Pipeline:
             self.counters.add("worker_errors")
             self.counters.add("segments_failed", len(batch))
             return
+        finally:
+            self.gate.mark_batch_done()
         self.counters.add("batches")
         self.counters.max("batch_size_max", len(batch))
         for job, p in zip(batch, preds, strict=True):
