@@ -25,7 +25,8 @@ class Chunk:
     rate_hz: int
     start_sample: int  # index of samples[0] since the source started
     capture_time: float  # time.monotonic() when the chunk was captured or read
-    source: str
+    source: str  # the stream's name; a source may carry several streams (network replays)
+    final: bool = False  # the stream ends with this chunk: cut what is in progress
 
     @property
     def start_s(self) -> float:
