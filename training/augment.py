@@ -1,0 +1,125 @@
+"""On-the-fly waveform augmentation and the batch collator that feeds the model."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.signal import fftconvolve, lfilter
+
+from intentd_train.settings import TARGET_RATE_HZ, AugmentConfig
+
+log = logging.getLogger(__name__)
+
+# Peak level a clip may reach after gain, so augmentation never clips the waveform.
+MAX_PEAK = 0.99
+
+
+def _pink(n: int, rng: np.random.Generator) -> np.ndarray:
+    """1/f noise by shaping white noise in the frequency domain."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(spectrum.size, dtype=np.float64)
+    f[0] = 1.0
+    return np.fft.irfft(spectrum / np.sqrt(f), n)
+
+
+def _brown(n: int, rng: np.random.Generator) -> np.ndarray:
+    x = np.cumsum(rng.standard_normal(n))
+    return x - np.linspace(x[0], x[-1], n)
+
+
+class Augmenter:
+    """Random speed, padding, EQ, reverb, noise and gain; one call per training clip."""
+
+    def __init__(self, config: AugmentConfig, seed: int) -> None:
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        """Return an augmented copy of a 16 kHz float32 clip."""
+        c, rng = self.config, self.rng
+        x = wave.astype(np.float64)
+        speed = rng.uniform(*c.speed_range)
+        if abs(speed - 1.0) > 1e-3:
+            # Linear-interpolation resampling: tempo and pitch change together.
+            pos = np.arange(0.0, len(x) - 1, speed)
+            x = np.interp(pos, np.arange(len(x)), x)
+        pad = (rng.uniform(0, c.pad_s_max, size=2) * TARGET_RATE_HZ).astype(int)
+        x = np.concatenate([np.zeros(pad[0]), x, np.zeros(pad[1])])
+        if rng.random() < c.eq_prob:
+            x = self._tilt(x)
+        if rng.random() < c.reverb_prob:
+            x = self._reverb(x)
+        if rng.random() < c.noise_prob:
+            x = self._noise(x)
+        gain = 10 ** (rng.uniform(*c.gain_db_range) / 20)
+        x = x * gain
+        peak = np.max(np.abs(x)) if x.size else 0.0
+        if peak > MAX_PEAK:
+            x *= MAX_PEAK / peak
+        return x.astype(np.float32)
+
+    def _tilt(self, x: np.ndarray) -> np.ndarray:
+        # One-pole pre-emphasis or de-emphasis: brighter or duller voices.
+        a = self.rng.uniform(-0.7, 0.9)
+        return lfilter([1.0, -a], [1.0], x) if a > 0 else lfilter([1.0], [1.0, a], x)
+
+    def _reverb(self, x: np.ndarray) -> np.ndarray:
+        rt60 = self.rng.uniform(*self.config.rt60_s_range)
+        n = int(rt60 * TARGET_RATE_HZ)
+        t = np.arange(n) / TARGET_RATE_HZ
+        ir = self.rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+        ir[0] = 1.0
+        ir /= np.sqrt(np.sum(ir**2))
+        wet = fftconvolve(x, ir)[: len(x)]
+        mix = self.rng.uniform(0.3, 1.0)
+        return (1 - mix) * x + mix * wet
+
+    def _noise(self, x: np.ndarray) -> np.ndarray:
+        kind = self.rng.integers(3)
+        n = len(x)
+        noise = (
+            self.rng.standard_normal(n) if kind == 0 else _pink(n, self.rng) if kind == 1 else
+            _brown(n, self.rng)
+        )
+        signal_power = np.mean(x**2) + 1e-12
+        noise_power = np.mean(noise**2) + 1e-12
+        snr_db = self.rng.uniform(*self.config.snr_db_range)
+        scale = np.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))
+        return x + scale * noise
+
+
+class AugmentTransform:
+    """A `Dataset.with_transform` hook: a fresh augmentation each time a clip is read."""
+
+    def __init__(self, augmenter: Augmenter) -> None:
+        self.augmenter = augmenter
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        """Augment every waveform of a formatted batch."""
+        out = dict(batch)
+        out["input_values"] = [
+            self.augmenter(np.asarray(w, dtype=np.float32)) for w in batch["input_values"]
+        ]
+        return out
+
+
+@dataclass
+class Collator:
+    """Pads a batch with the model's feature extractor (the daemon's own feature path)."""
+
+    feature_extractor: object
+    max_length_s: float
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        """Turn `{"input_values", "label"}` rows into padded tensors."""
+        max_samples = int(self.max_length_s * TARGET_RATE_HZ)
+        waves = [np.asarray(f["input_values"], dtype=np.float32) for f in features]
+        waves = [w[:max_samples] for w in waves]
+        batch = self.feature_extractor(  # type: ignore[operator]
+            waves, sampling_rate=TARGET_RATE_HZ, padding="longest", return_tensors="pt"
+        )
+        batch["labels"] = torch.tensor([int(f["label"]) for f in features], dtype=torch.long)
+        return dict(batch)

@@ -1,0 +1,297 @@
+"""`intentd train`: the Hugging Face audio-classification recipe, offline-ready and CPU-sized."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from intentd.errors import IntentdError
+from intentd_train.settings import (
+    ARCHITECTURES,
+    DEFAULT_BASE_MODEL,
+    PRESETS,
+    TARGET_RATE_HZ,
+    AugmentConfig,
+    TrainConfig,
+)
+
+log = logging.getLogger(__name__)
+
+METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "accuracy.py"
+LOGGING_STEPS = 10
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `intentd train`."""
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune or train a Wav2Vec2 intent classifier (HF audio-classification recipe)",
+        description=(
+            "Train an intent classifier. Data: --data DIR (audiofolder: DIR/<intent>/*.wav, "
+            "optional metadata.csv with voice and phrasing_id, which makes the held-out split "
+            "hold out whole voices and whole phrasings) or --dataset NAME (a Hub dataset such "
+            "as PolyAI/minds14 with --dataset-config en-US). Model: --base-model (Hub id or "
+            "local save_pretrained folder, fine-tuned) or --from-config SIZE (from scratch). "
+            "--preset demo trains the built-in demo model on the espeak-ng corpus."
+        ),
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", type=Path, help="audiofolder directory: DIR/<intent>/*.wav")
+    src.add_argument("--dataset", help="Hub dataset id, e.g. PolyAI/minds14")
+    p.add_argument("--dataset-config", help="Hub dataset config, e.g. en-US")
+    p.add_argument("--dataset-split", help="Hub split to train and hold out from (default train)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument(
+        "--base-model",
+        help=f"pretrained checkpoint to fine-tune: Hub id or local folder (default {DEFAULT_BASE_MODEL})",
+    )
+    model.add_argument(
+        "--from-config",
+        choices=sorted(ARCHITECTURES),
+        help="train a Wav2Vec2 of this size from scratch instead (tiny: tests, small: demo)",
+    )
+    p.add_argument("--output", type=Path, help="folder for the trained model, metrics and plots")
+    p.add_argument("--epochs", type=float, help="passes over the training clips (default 40)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-4; 1e-3 from scratch)")
+    p.add_argument("--batch-size", type=int, help="clips per step (default 16)")
+    p.add_argument(
+        "--max-length-s",
+        type=float,
+        help="cut clips to this many seconds; batches pad to their longest clip (default 8)",
+    )
+    p.add_argument(
+        "--freeze-feature-encoder",
+        action=argparse.BooleanOptionalAction,
+        help="keep the conv feature encoder fixed (default on for --base-model, off from scratch)",
+    )
+    p.add_argument("--seed", type=int, help="seed for the split, init and augmentation (default 0)")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="speed, gain, EQ, reverb, white/pink/brown noise at 5-30 dB SNR on training clips",
+    )
+    p.add_argument("--mask-time-prob", type=float, help="SpecAugment time masking (default 0.05)")
+    p.add_argument("--mask-feature-prob", type=float, help="SpecAugment channel masking (default 0)")
+    p.add_argument("--test-fraction", type=float, help="share of clips held out (default 0.2)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--push-to-hub", action="store_true", help="upload the result (needs a login)")
+    p.add_argument("--hub-model-id", help="repository name for --push-to-hub")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="demo: small from-scratch model on the espeak-ng corpus (generated if absent) "
+        "into models/demo; other flags override it",
+    )
+    p.add_argument(
+        "--log-level", default="info", help="debug, info (default), warning or error"
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Validate the flags (preset first, explicit flags over it) into a frozen TrainConfig."""
+    values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
+    if args.data is not None or args.dataset is not None:
+        values.pop("data_dir", None)
+        values.pop("generate_corpus_seed", None)
+    if args.base_model is not None:
+        values.pop("from_config", None)
+    flags = {
+        "data_dir": args.data,
+        "dataset": args.dataset,
+        "dataset_config": args.dataset_config,
+        "dataset_split": args.dataset_split,
+        "base_model": args.base_model,
+        "from_config": args.from_config,
+        "output_dir": args.output,
+        "epochs": args.epochs,
+        "learning_rate": args.lr,
+        "batch_size": args.batch_size,
+        "max_length_s": args.max_length_s,
+        "freeze_feature_encoder": args.freeze_feature_encoder,
+        "seed": args.seed,
+        "augment": args.augment,
+        "mask_time_prob": args.mask_time_prob,
+        "mask_feature_prob": args.mask_feature_prob,
+        "test_fraction": args.test_fraction,
+        "num_threads": args.threads,
+        "hub_model_id": args.hub_model_id,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.push_to_hub:
+        values["push_to_hub"] = True
+    if values.get("from_config") and "learning_rate" not in values:
+        values["learning_rate"] = 1e-3
+    if values.get("from_config") and "freeze_feature_encoder" not in values:
+        values["freeze_feature_encoder"] = False
+    augment = values.pop("augment", False)
+    values["augment"] = AugmentConfig() if augment else None
+    if values.get("data_dir") is None and values.get("dataset") is None:
+        raise IntentdError("say what to train on: --data DIR, --dataset NAME or --preset demo")
+    if values.get("output_dir") is None:
+        raise IntentdError("say where the model goes: --output DIR")
+    if values.get("base_model") is None:
+        values.pop("base_model", None)
+    config = TrainConfig(preset=args.preset, **values)
+    _validate(config)
+    return config
+
+
+def _validate(c: TrainConfig) -> None:
+    if c.epochs <= 0 or c.learning_rate <= 0 or c.batch_size < 1:
+        raise IntentdError("--epochs, --lr and --batch-size must be positive")
+    if not 0.0 < c.max_length_s <= 60.0:
+        raise IntentdError(f"--max-length-s {c.max_length_s} must be in (0, 60]")
+    if not 0.0 < c.test_fraction < 1.0:
+        raise IntentdError(f"--test-fraction {c.test_fraction} must be between 0 and 1")
+    if not (0.0 <= c.mask_time_prob < 1.0 and 0.0 <= c.mask_feature_prob < 1.0):
+        raise IntentdError("--mask-time-prob and --mask-feature-prob must be in [0, 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`intentd train` entry: build the config, train, print where the model went."""
+    level = str(getattr(args, "log_level", None) or "info").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise IntentdError(f"--log-level {level.lower()!r} must be debug, info, warning or error")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    result = train(config)
+    print(
+        f"saved {config.output_dir}: held-out accuracy {result['accuracy']:.3f} "
+        f"on {result['test_clips']} clips, trained in {result['train_time_s']:.0f} s"
+    )
+    return 0
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run the whole recipe; returns the metrics written to `<output>/metrics.json`."""
+    import torch
+    from transformers import TrainingArguments, set_seed
+
+    from intentd_train import data, modeling, report
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    set_seed(config.seed)
+    if config.generate_corpus_seed is not None and config.data_dir is not None:
+        _ensure_corpus(config.data_dir, config.generate_corpus_seed)
+
+    raw, label_column = data.load_labelled(config)
+    names: list[str] = raw.features[label_column].names
+    extractor, model, names, raw = modeling.build(config, names, raw, label_column)
+    parts = data.split(raw, label_column, config)
+    log.info("split: %s", {k: v for k, v in parts.definition.items() if k != "test_phrasings"})
+    train_ds = data.as_model_inputs(
+        data.decode(parts.train, config.max_length_s, "decoding training clips"), label_column
+    )
+    test_ds = data.as_model_inputs(
+        data.decode(parts.test, config.max_length_s, "decoding held-out clips"), label_column
+    )
+    if config.augment is not None:
+        from intentd_train.augment import Augmenter, AugmentTransform
+
+        train_ds = train_ds.with_transform(AugmentTransform(Augmenter(config.augment, config.seed)))
+
+    from transformers import Trainer
+
+    from intentd_train.augment import Collator
+
+    collator = Collator(extractor, config.max_length_s)
+    args = TrainingArguments(
+        output_dir=str(config.output_dir),
+        eval_strategy="epoch",
+        save_strategy="no",
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=LOGGING_STEPS,
+        seed=config.seed,
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        report_to="none",
+        push_to_hub=config.push_to_hub,
+        hub_model_id=config.hub_model_id,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=test_ds,
+        data_collator=collator,
+        processing_class=extractor,
+        compute_metrics=_accuracy_fn(),
+    )
+    t0 = time.monotonic()
+    trainer.train()
+    train_time_s = time.monotonic() - t0
+
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(config.output_dir))
+    evaluations = {"test": _predict(trainer, test_ds)}
+    for name, ds in parts.diagnostics.items():
+        decoded = data.decode(ds, config.max_length_s, f"decoding {name} clips")
+        evaluations[name] = _predict(trainer, data.as_model_inputs(decoded, label_column))
+    metrics = report.write_all(
+        config=config,
+        names=names,
+        evaluations=evaluations,
+        split_definition=parts.definition,
+        log_history=trainer.state.log_history,
+        train_time_s=train_time_s,
+        n_train=len(train_ds),
+        n_params=sum(p.numel() for p in model.parameters()),
+    )
+    if config.push_to_hub:
+        trainer.push_to_hub()
+    return metrics
+
+
+def _ensure_corpus(data_dir: Path, seed: int) -> None:
+    if (data_dir / "metadata.csv").is_file():
+        return
+    from intentd_train.corpus import build_corpus
+
+    log.info("generating the espeak-ng corpus in %s (seed %d)", data_dir, seed)
+    build_corpus(data_dir, seed)
+
+
+def _accuracy_fn() -> Any:
+    import evaluate
+
+    metric = evaluate.load(str(METRIC_PATH))
+
+    def compute(eval_pred: Any) -> dict[str, float]:
+        preds = np.argmax(eval_pred.predictions, axis=-1)
+        return metric.compute(predictions=preds, references=eval_pred.label_ids)
+
+    return compute
+
+
+def _predict(trainer: Any, ds: Any) -> dict[str, np.ndarray]:
+    out = trainer.predict(ds)
+    return {"pred": np.argmax(out.predictions, axis=-1), "true": np.asarray(out.label_ids)}
+
+
+def describe(config: TrainConfig) -> dict[str, Any]:
+    """The config as JSON-ready values, for metrics.json and the model card."""
+    d = dataclasses.asdict(config)
+    return json.loads(json.dumps(d, default=str))
+
+
+__all__ = ["TARGET_RATE_HZ", "add_parser", "config_from_args", "describe", "run", "train"]

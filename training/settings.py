@@ -1,0 +1,135 @@
+"""Frozen training configuration, the named model sizes and the `demo` preset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TARGET_RATE_HZ = 16_000
+MINDS14_LABEL_COLUMN = "intent_class"
+AUDIOFOLDER_LABEL_COLUMN = "label"
+DEFAULT_BASE_MODEL = "facebook/wav2vec2-base"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """On-the-fly waveform augmentation applied to training clips only."""
+
+    speed_range: tuple[float, float] = (0.85, 1.15)  # resampling factor: tempo and pitch
+    gain_db_range: tuple[float, float] = (-12.0, 6.0)
+    noise_prob: float = 0.8
+    snr_db_range: tuple[float, float] = (5.0, 30.0)
+    reverb_prob: float = 0.3
+    rt60_s_range: tuple[float, float] = (0.1, 0.6)
+    eq_prob: float = 0.5  # random spectral tilt, so the voice timbre is not a cue
+    pad_s_max: float = 0.4  # random silence/noise before and after, like a loose VAD segment
+
+
+@dataclass(frozen=True)
+class ArchitectureConfig:
+    """A from-scratch Wav2Vec2 size: the conv feature encoder and the transformer."""
+
+    conv_dim: tuple[int, ...]
+    conv_kernel: tuple[int, ...]
+    conv_stride: tuple[int, ...]
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    num_conv_pos_embeddings: int
+    num_conv_pos_embedding_groups: int
+    classifier_proj_size: int
+
+
+# Strides multiply to 640 samples (25 frames/s at 16 kHz) for the small sizes: an intent
+# needs words, not phonemes, and half the frames halve the transformer's cost on a CPU.
+ARCHITECTURES: dict[str, ArchitectureConfig] = {
+    "tiny": ArchitectureConfig(
+        conv_dim=(16, 32, 32, 48, 48, 64),
+        conv_kernel=(10, 8, 4, 4, 4, 4),
+        conv_stride=(5, 4, 4, 2, 2, 2),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=8,
+        classifier_proj_size=64,
+    ),
+    "small": ArchitectureConfig(
+        conv_dim=(32, 48, 64, 96, 128, 144),
+        conv_kernel=(10, 8, 8, 4, 4, 4),
+        conv_stride=(5, 4, 4, 2, 2, 2),
+        hidden_size=144,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=576,
+        num_conv_pos_embeddings=32,
+        num_conv_pos_embedding_groups=16,
+        classifier_proj_size=128,
+    ),
+    # The wav2vec2-base shape, untrained: for users with a GPU and a large corpus.
+    "base": ArchitectureConfig(
+        conv_dim=(512,) * 7,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        classifier_proj_size=256,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one `intentd train` run needs, validated at the CLI edge."""
+
+    output_dir: Path
+    data_dir: Path | None = None
+    dataset: str | None = None
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    base_model: str = DEFAULT_BASE_MODEL
+    from_config: str | None = None  # a key of ARCHITECTURES: train from scratch
+    epochs: float = 40.0
+    learning_rate: float = 1e-4
+    batch_size: int = 16
+    max_length_s: float = 8.0
+    freeze_feature_encoder: bool = True
+    seed: int = 0
+    test_fraction: float = 0.2
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    mask_time_prob: float = 0.05
+    mask_feature_prob: float = 0.0
+    augment: AugmentConfig | None = None
+    generate_corpus_seed: int | None = None  # build the corpus in data_dir when it is absent
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    num_threads: int | None = None
+    extra_eval: bool = True  # also score unseen-voice-only and unseen-phrasing-only clips
+    preset: str | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# `intentd train --preset demo` is these flags spelled out; explicit flags still win.
+PRESETS: dict[str, dict[str, object]] = {
+    "demo": {
+        "data_dir": Path("build/demo-corpus"),
+        "generate_corpus_seed": 0,
+        "from_config": "small",
+        "output_dir": Path("models/demo"),
+        "epochs": 8.0,
+        "learning_rate": 1e-3,
+        "batch_size": 16,
+        "max_length_s": 6.0,
+        "freeze_feature_encoder": False,
+        "mask_time_prob": 0.1,
+        "mask_feature_prob": 0.05,
+        "augment": True,
+    },
+}
