@@ -138,27 +138,40 @@ def _make_source(cfg: Any) -> Any:
     )
 
 
-def _run_pipeline(cfg: Any, publish: bool, on_intent: Any = None) -> int:
+def _run_pipeline(
+    cfg: Any, publish: bool, on_intent: Any = None, args: argparse.Namespace | None = None
+) -> int:
     from intentd.notify import Notifier
 
     notifier = Notifier.from_env()
     # Loading torch and the model can outlast TimeoutStartSec on a slow edge box.
     notifier.extend_timeout(MODEL_LOAD_BUDGET_S)
-    src = _make_source(cfg)
+    srcs = [_make_source(cfg)]
     clf = _load_classifier(cfg)
     from intentd.runner import Pipeline
 
-    src.open()
-    pipe = Pipeline(cfg, clf, src, on_intent=on_intent, publish=publish)
+    for src in srcs:
+        src.open()
+    pipe = Pipeline(cfg, clf, srcs, on_intent=on_intent, publish=publish)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing the segment in progress and draining", signum)
         pipe.stop()
 
+    def on_hangup(_signum: int, _frame: Any) -> None:
+        log.info("SIGHUP: reloading the model")
+        pipe.request_reload()
+
+    def load_model() -> Any:
+        # The model section is re-read from the config file; flags still win over it.
+        fresh = _config_from_args(args) if args is not None else cfg
+        return _load_classifier(fresh)
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     pipe.start()
-    pipe.supervise(notifier)
+    pipe.supervise(notifier, load_model)
     notifier.stopping()
     if pipe.error is not None:
         raise pipe.error
@@ -176,7 +189,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.check_config:
         print(f"config ok (model {cfg.model.resolved_path}, source {cfg.source.spec})")
         return 0
-    return _run_pipeline(cfg, publish=True)
+    return _run_pipeline(cfg, publish=True, args=args)
 
 
 def _print_event(event: Any) -> None:

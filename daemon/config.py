@@ -58,6 +58,7 @@ class SourceConfig:
     realtime: bool = False  # pace wav: sources at real time
     rate_hz: int = 0  # 0: the device's default rate
     channels: int = 0  # 0: the device's maximum input channels
+    recover_s: float = 30.0  # a lost capture device is reopened with backoff for this long, then exit 1
 
     def __post_init__(self) -> None:
         kind = self.spec.split(":", 1)[0]
@@ -67,6 +68,7 @@ class SourceConfig:
             self.rate_hz == 0 or 1000 <= self.rate_hz <= 384_000, "source.rate_hz must be 0 or 1000..384000"
         )
         _check(0 <= self.channels <= 64, "source.channels must be 0..64")
+        _check(0 <= self.recover_s <= 86_400, "source.recover_s must be 0..86400")
 
 
 @dataclass(frozen=True)

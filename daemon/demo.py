@@ -55,7 +55,7 @@ def run_demo(cfg: Config, classifier: Classifier) -> int:
         cfg = dataclasses.replace(cfg, source=SourceConfig(spec=f"wav:{wav}"))
         source = WavSource(str(wav))
         source.open()
-        pipe = Pipeline(cfg, classifier, source, on_intent=events.append, publish=False)
+        pipe = Pipeline(cfg, classifier, [source], on_intent=events.append, publish=False)
         pipe.start()
         pipe.wait()
     print(f"model: {classifier.path}")

@@ -16,14 +16,14 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from intentd.audio import Chunk
 from intentd.config import Config
-from intentd.errors import IntentdError
+from intentd.errors import AudioDeviceError, IntentdError
 from intentd.model import Classifier
 from intentd.notify import Notifier, WatchdogGate
 from intentd.publisher import Publisher, Result
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.05  # how often blocked threads look at the stop event
 STATUS_PERIOD_S = 1.0  # how often the supervisor refreshes STATUS= (and pings, without a watchdog)
 DEFAULT_MAX_STALL_S = 10.0  # no frames, or one batch running, this long means the pipeline is stuck
+RECOVER_FIRST_BACKOFF_S = 0.5
+RECOVER_MAX_BACKOFF_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -80,29 +82,37 @@ class Pipeline:
         self,
         config: Config,
         classifier: Classifier,
-        source: Source,
+        sources: Sequence[Source],
         on_intent: Callable[[IntentEvent], None] | None = None,
         publish: bool = True,
     ) -> None:
+        if not sources:
+            raise ValueError("a pipeline needs at least one source")
         self.config = config
         self.classifier = classifier
-        self.source = source
+        self.sources = list(sources)
         self.run_id = uuid.uuid4().hex[:12]
         self.counters = Counters()
         self.stop_event = threading.Event()
         self.error: IntentdError | None = None
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=config.queues.segment_max)
         self._results: queue.Queue[Result] = queue.Queue()
+        self._audio_running = len(self.sources)
+        self._audio_lock = threading.Lock()
         self._audio_done = threading.Event()
         self._worker_done = threading.Event()
-        self._segmenters: dict[str, Segmenter] = {}
+        self._reload = threading.Event()
+        self.sources_down: set[str] = set()
         self._started_at = time.monotonic()
         self.gate = WatchdogGate(DEFAULT_MAX_STALL_S)
         self.publisher = Publisher(
             config.publish.endpoint if publish else None, self.run_id, on_intent=on_intent
         )
         self._threads = [
-            threading.Thread(target=self._audio_loop, name="intentd-audio", daemon=True),
+            *(
+                threading.Thread(target=self._audio_loop, args=(src,), name=f"intentd-audio-{i}", daemon=True)
+                for i, src in enumerate(self.sources)
+            ),
             threading.Thread(target=self._worker_loop, name="intentd-worker", daemon=True),
             threading.Thread(target=self._publish_loop, name="intentd-publish", daemon=True),
         ]
@@ -112,8 +122,8 @@ class Pipeline:
         self._started_at = time.monotonic()
         for t in self._threads:
             t.start()
-        log.info("pipeline running: source %s, model %s, run %s", self.source.name,
-                 self.classifier.name, self.run_id)
+        names = ", ".join(src.name for src in self.sources)
+        log.info("pipeline running: sources %s, model %s, run %s", names, self.classifier.name, self.run_id)
 
     def stop(self) -> None:
         """Ask for a graceful stop: capture ends, the segment in progress is cut and published."""
@@ -130,8 +140,15 @@ class Pipeline:
                 t.join(POLL_S if left is None else min(POLL_S, left))
         return True
 
-    def supervise(self, notifier: Notifier) -> None:
-        """Block until done, sending READY, STATUS and WATCHDOG pings only while the pipeline progresses."""
+    def request_reload(self) -> None:
+        """Ask the supervisor to load a new model beside the old one and swap (safe from a signal handler)."""
+        self._reload.set()
+
+    def supervise(self, notifier: Notifier, load_model: Callable[[], Classifier] | None = None) -> None:
+        """Block until done, sending READY, STATUS and WATCHDOG pings only while the pipeline progresses.
+
+        `load_model` builds and warms a new classifier when a reload is requested.
+        """
         timeout_s = notifier.watchdog_timeout_s()
         if timeout_s is not None:
             self.gate = WatchdogGate(timeout_s)
@@ -150,51 +167,128 @@ class Pipeline:
                 stuck_reported = True
             if self.stop_event.is_set():
                 notifier.stopping("draining: publishing the segments already cut")
+            elif self._reload.is_set() and load_model is not None:
+                self._reload.clear()
+                notifier.reloading()
+                self._swap_model(load_model)
+                self.gate.reset()
+                notifier.ready(self._status())
+
+    def _swap_model(self, load_model: Callable[[], Classifier]) -> None:
+        """Load and warm the new model while the old one serves; swap only if it works."""
+        old = self.classifier
+        try:
+            new = load_model()
+        except Exception as e:  # a broken new model must never take down the serving one
+            self.counters.add("reload_failures")
+            log.error(
+                "reload refused, still serving %s: %s", old.name, str(e).splitlines()[0] if str(e) else e
+            )
+            return
+        if new.labels != old.labels:
+            log.warning("reloaded model %s has other labels than %s", new.name, old.name)
+        self.classifier = new  # one attribute store: the worker picks it up at its next batch
+        self.counters.add("reloads")
+        log.info("reloaded: now serving %s (was %s)", new.name, old.name)
 
     def _status(self) -> str:
         events = int(self.counters.snapshot().get("events", 0))
-        return f"listening on {self.source.name}, model {self.classifier.name}, {events} events"
+        down = sorted(self.sources_down)
+        if down:
+            return (
+                f"capture lost on {', '.join(down)}, reopening; model {self.classifier.name}, {events} events"
+            )
+        names = ", ".join(src.name for src in self.sources)
+        return f"listening on {names}, model {self.classifier.name}, {events} events"
 
     def stats(self) -> dict[str, float]:
-        """Counters of every stage, as carried in heartbeats."""
+        """Counters of every stage, as carried in heartbeats (source counters summed over sources)."""
         s = self.counters.snapshot()
-        s.update({k: float(v) for k, v in self.source.stats().items()})
-        s["queue_depth"] = float(self._jobs.qsize())
+        for src in self.sources:
+            for k, v in src.stats().items():
+                s[k] = s.get(k, 0.0) + float(v)
+        s["segment_queue_depth"] = float(self._jobs.qsize())
+        s["sources_down"] = float(len(self.sources_down))
         return s
 
-    # --- audio thread ---------------------------------------------------------------------------
-    def _audio_loop(self) -> None:
+    # --- audio threads (one per source) ---------------------------------------------------------
+    def _audio_loop(self, source: Source) -> None:
+        segmenters: dict[str, Segmenter] = {}
         try:
             while not self.stop_event.is_set():
                 try:
-                    chunk = self.source.read(POLL_S)
+                    chunk = source.read(POLL_S)
                 except EndOfStream:
                     break
+                except AudioDeviceError as e:
+                    self._cut_all(segmenters)
+                    if not self._recover(source, e):
+                        return
+                    continue
                 if chunk is not None:
                     self.gate.mark_frames()
-                    self._segment(chunk)
+                    self._segment(segmenters, chunk)
         except IntentdError as e:
-            log.error("%s", e)
-            self.error = e
+            self._fail(e)
         finally:
-            for seg in self._flush_all():
-                self._enqueue(seg)
-            self.source.close()
-            self._audio_done.set()
+            self._cut_all(segmenters)
+            source.close()
+            with self._audio_lock:
+                self._audio_running -= 1
+                if self._audio_running == 0:
+                    self._audio_done.set()
 
-    def _segment(self, chunk: Chunk) -> None:
-        seg = self._segmenters.get(chunk.source)
+    def _segment(self, segmenters: dict[str, Segmenter], chunk: Chunk) -> None:
+        seg = segmenters.get(chunk.source)
         if seg is None:
-            seg = Segmenter(self.config.vad, chunk.rate_hz, source=chunk.source)
-            self._segmenters[chunk.source] = seg
+            seg = segmenters[chunk.source] = Segmenter(self.config.vad, chunk.rate_hz, source=chunk.source)
         for s in seg.process(chunk.samples):
             self._enqueue(s)
+        if chunk.final:
+            for s in segmenters.pop(chunk.source).flush():
+                self._enqueue(s)
 
-    def _flush_all(self) -> list[Segment]:
-        out: list[Segment] = []
-        for seg in self._segmenters.values():
-            out.extend(seg.flush())
-        return out
+    def _cut_all(self, segmenters: dict[str, Segmenter]) -> None:
+        """End every stream in progress: what was heard so far is still classified."""
+        for seg in segmenters.values():
+            for s in seg.flush():
+                self._enqueue(s)
+        segmenters.clear()
+
+    def _recover(self, source: Source, error: AudioDeviceError) -> bool:
+        """Reopen a lost capture device with backoff; False (and the pipeline stops) after recover_s."""
+        give_up_at = time.monotonic() + self.config.source.recover_s
+        self.sources_down.add(source.name)
+        self.counters.add("device_lost")
+        log.error("%s", error)
+        backoff_s = RECOVER_FIRST_BACKOFF_S
+        while not self.stop_event.wait(backoff_s):
+            source.close()
+            try:
+                source.open()
+            except AudioDeviceError as e:
+                if time.monotonic() >= give_up_at:
+                    self._fail(
+                        AudioDeviceError(
+                            f"{source.name}: not recovered after {self.config.source.recover_s:g} s: {e}"
+                        )
+                    )
+                    return False
+                log.warning("%s still unavailable, retrying in %.1f s", source.name, backoff_s)
+                backoff_s = min(backoff_s * 2, RECOVER_MAX_BACKOFF_S)
+                continue
+            self.sources_down.discard(source.name)
+            self.counters.add("device_reopens")
+            log.info("%s: capture recovered", source.name)
+            return True
+        return False
+
+    def _fail(self, error: IntentdError) -> None:
+        """A fatal error: remember the first, stop the pipeline (the CLI exits non-zero)."""
+        log.error("%s", error)
+        if self.error is None:
+            self.error = error
+        self.stop_event.set()
 
     def _enqueue(self, seg: Segment) -> None:
         job = Job(

@@ -259,6 +259,7 @@ class MicSource:
         self._sd: Any = None
         self._stream: sounddevice.InputStream | None = None
         self._closing = False
+        self._rescan = False  # after a loss, PortAudio must list devices afresh (a replugged USB mic)
         self._finished = False  # set from PortAudio's thread when the stream stops
         self._callback_error: BaseException | None = None
         self._frames_captured = 0
@@ -269,6 +270,11 @@ class MicSource:
         """Find the device and start the stream; AudioDeviceError with one line if impossible."""
         self.close()
         self._sd = sd = _portaudio()
+        if self._rescan:
+            # Only safe with no stream open; the daemon has one microphone and just closed it.
+            sd._terminate()
+            sd._initialize()
+            self._rescan = False
         dev = find_input_device(self.device)
         rate_hz = self._requested_rate_hz or round(dev.default_rate_hz)
         if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
@@ -377,6 +383,8 @@ class MicSource:
 
     def close(self) -> None:
         """Stop and close the stream."""
+        if self.device_lost:
+            self._rescan = True
         stream, self._stream = self._stream, None
         if stream is None:
             return
