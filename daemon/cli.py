@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the long-running daemon: capture, segment, classify, publish")
     _add_model_flags(p)
-    p.add_argument("--source", help="mic, mic:NAME_OR_INDEX or wav:PATH (default mic)")
+    p.add_argument(
+        "--source",
+        action="append",
+        help="mic, mic:NAME_OR_INDEX, wav:PATH or none; repeat with net:ENDPOINT to also take "
+        "replays streamed in by `intentd send` (default mic)",
+    )
     p.add_argument("--publish", help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:5556)")
     p.add_argument("--realtime", action="store_true", default=None, help="pace wav: sources at real time")
     p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
@@ -91,7 +96,12 @@ def _config_from_args(args: argparse.Namespace, source: str | None = None) -> An
 
     put("model", "path", getattr(args, "model", None))
     put("model", "device", getattr(args, "device", None))
-    put("source", "spec", source or getattr(args, "source", None))
+    specs = [source] if source else (getattr(args, "source", None) or [])
+    for spec in specs:
+        if spec.startswith("net:"):
+            put("source", "net", spec[4:])
+        else:
+            put("source", "spec", spec)
     put("source", "realtime", getattr(args, "realtime", None))
     put("publish", "endpoint", getattr(args, "publish", None))
     return config.load(getattr(args, "config", None), overrides)
@@ -119,23 +129,32 @@ def _load_classifier(cfg: Any) -> Any:
     return clf
 
 
-def _make_source(cfg: Any) -> Any:
-    """The configured source, not yet open; a missing device or file fails here, before the model loads."""
+def _make_sources(cfg: Any) -> list[Any]:
+    """The configured sources, not yet open; a missing device or file fails here, before the model loads."""
     from intentd import sources
     from intentd.audio import open_wav
 
+    out: list[Any] = []
     kind, _, rest = cfg.source.spec.partition(":")
     if kind == "wav":
         open_wav(rest).close()
-        return sources.WavSource(rest, realtime=cfg.source.realtime)
-    device: str | int | None = int(rest) if rest.isdigit() else (rest or None)
-    sources.find_input_device(device)
-    return sources.MicSource(
-        device,
-        rate_hz=cfg.source.rate_hz or None,
-        channels=cfg.source.channels or None,
-        queue_max_chunks=cfg.queues.audio_max_chunks,
-    )
+        out.append(sources.WavSource(rest, realtime=cfg.source.realtime))
+    elif kind == "mic":
+        device: str | int | None = int(rest) if rest.isdigit() else (rest or None)
+        sources.find_input_device(device)
+        out.append(
+            sources.MicSource(
+                device,
+                rate_hz=cfg.source.rate_hz or None,
+                channels=cfg.source.channels or None,
+                queue_max_chunks=cfg.queues.audio_max_chunks,
+            )
+        )
+    if cfg.source.net:
+        from intentd.netsource import NetSource
+
+        out.append(NetSource(cfg.source.net, queue_max_chunks=cfg.queues.audio_max_chunks))
+    return out
 
 
 def _run_pipeline(
@@ -146,7 +165,7 @@ def _run_pipeline(
     notifier = Notifier.from_env()
     # Loading torch and the model can outlast TimeoutStartSec on a slow edge box.
     notifier.extend_timeout(MODEL_LOAD_BUDGET_S)
-    srcs = [_make_source(cfg)]
+    srcs = _make_sources(cfg)
     clf = _load_classifier(cfg)
     from intentd.runner import Pipeline
 

@@ -52,9 +52,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """Where audio comes from: `mic`, `mic:NAME_OR_INDEX` or `wav:PATH`."""
+    """Where audio comes from: `mic`, `mic:NAME_OR_INDEX`, `wav:PATH` or `none`, plus the network."""
 
     spec: str = "mic"
+    net: str = ""  # ZeroMQ endpoint to bind for replays streamed in by `intentd send`; empty: off
     realtime: bool = False  # pace wav: sources at real time
     rate_hz: int = 0  # 0: the device's default rate
     channels: int = 0  # 0: the device's maximum input channels
@@ -62,7 +63,15 @@ class SourceConfig:
 
     def __post_init__(self) -> None:
         kind = self.spec.split(":", 1)[0]
-        _check(kind in ("mic", "wav"), f"source.spec {self.spec!r} must be mic, mic:DEVICE or wav:PATH")
+        _check(
+            kind in ("mic", "wav", "none"),
+            f"source.spec {self.spec!r} must be mic, mic:DEVICE, wav:PATH or none",
+        )
+        _check(kind != "none" or bool(self.net), "source.spec none needs source.net")
+        _check(
+            not self.net or self.net.startswith(("tcp://", "ipc://", "inproc://")),
+            f"source.net {self.net!r} must start with tcp://, ipc:// or inproc://",
+        )
         _check(kind != "wav" or len(self.spec) > 4, "source.spec wav: needs a path")
         _check(
             self.rate_hz == 0 or 1000 <= self.rate_hz <= 384_000, "source.rate_hz must be 0 or 1000..384000"
