@@ -16,6 +16,10 @@ class ProtocolError(ValueError):
     """A message that is not valid JSON, not an object, or of another major version."""
 
 
+class VersionError(ProtocolError):
+    """A message that carries another major protocol version than this client speaks."""
+
+
 @dataclass(frozen=True)
 class LabelScore:
     """One entry of an event's top-k list."""
@@ -138,8 +142,10 @@ def _decode(text: str | bytes, expected_type: str | None = None) -> dict[str, An
     if not isinstance(d, dict):
         raise ProtocolError("message is not a JSON object")
     v = d.get("v")
-    if not isinstance(v, int) or v != PROTOCOL_VERSION:
-        raise ProtocolError(
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ProtocolError(f"missing or non-integer protocol version {v!r}")
+    if v != PROTOCOL_VERSION:
+        raise VersionError(
             f"unsupported protocol version {v!r} (this client speaks {PROTOCOL_VERSION})"
         )
     if expected_type is not None and d.get("type") != expected_type:
