@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libportaudio2 libsndfile1 ffmpeg espeak-ng sox alsa-utils systemd
+APT_PACKAGES := libportaudio2 libsndfile1 ffmpeg espeak-ng sox alsa-utils systemd gcc pkg-config libzmq3-dev libcjson-dev
 STAMP := $(VENV)/.installed
 
 .PHONY: setup apt demo test lint clean

@@ -17,6 +17,7 @@ WATCHDOG_PID_ENV = "WATCHDOG_PID"
 USEC_PER_S = 1_000_000
 # sd_watchdog_enabled(3): ping at half the timeout so one late ping is not a kill.
 WATCHDOG_PING_FRACTION = 0.5
+SEND_TIMEOUT_S = 0.5
 
 
 def _socket_address(raw: str) -> bytes | None:
@@ -117,6 +118,9 @@ class Notifier:
                     self._sock = socket.socket(
                         socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                     )
+                    # A manager that stops reading fills the datagram queue (10 deep by
+                    # default); the daemon must not hang on it, so a send gives up.
+                    self._sock.settimeout(SEND_TIMEOUT_S)
                 self._sock.sendto(payload, self._address)
         except OSError as e:
             self.send_failures += 1

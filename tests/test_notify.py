@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -326,3 +327,19 @@ def test_setup_logging_twice_keeps_one_handler() -> None:
         root.removeHandler(second)
         root.setLevel(level)
     assert root.handlers == before
+
+
+def test_deaf_manager_never_hangs_the_daemon(tmp_path: Path) -> None:
+    """The datagram queue holds ~10 messages; past that a send must give up, not block forever."""
+
+    path = tmp_path / "deaf.sock"
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(str(path))
+    n = Notifier.from_env({"NOTIFY_SOCKET": str(path)})
+    started = time.monotonic()
+    results = [n.watchdog() for _ in range(14)]
+    assert time.monotonic() - started < 14 * 0.5 + 2
+    assert results[0] and not all(results)
+    assert n.send_failures >= 1
+    n.close()
+    deaf.close()
