@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     # The client and training commands live with their packages; training needs the `train` extra.
-    from intentd_client import listen
+    from intentd_client import listen, send
 
     listen.add_parser(sub)
+    send.add_parser(sub)
     try:
         from intentd_train import cli as train_cli
     except ImportError as e:  # the daemon-only install has no datasets/evaluate
