@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -108,6 +109,21 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The opt-in Prometheus endpoint (see metrics.py); loopback only unless `address` says otherwise."""
+
+    port: int = 0  # 0: no metrics endpoint
+    address: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65_535, "metrics.port must be 0..65535 (0: off)")
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            raise ConfigError(f"metrics.address {self.address!r} must be an IP address") from None
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon needs, validated."""
 
@@ -116,6 +132,7 @@ class Config:
     vad: VadConfig = field(default_factory=VadConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     queues: QueueConfig = field(default_factory=QueueConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def to_toml(self) -> str:
         """The effective config as TOML text (for --print-config)."""
