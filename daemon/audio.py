@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,8 @@ log = logging.getLogger(__name__)
 
 MIN_RATE_HZ = 1000
 MAX_RATE_HZ = 384_000
+# One read decodes at most this many interleaved samples (4 MiB as float32), whatever the header says.
+READ_BLOCK_SAMPLES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -60,37 +64,90 @@ def check_rate(rate_hz: int, what: str) -> None:
         )
 
 
+def shown(path: str | Path) -> str:
+    """A path fit for a one-line message: control characters (a newline in a name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
+
+
 def open_wav(path: str | Path) -> sf.SoundFile:
     """Open an audio file soundfile reads, with one clear error when it cannot."""
     p = Path(path)
-    if p.is_dir():
-        raise AudioFileError(f"{p}: is a directory, not an audio file")
-    if not p.exists():
-        raise AudioFileError(f"{p}: no such file")
+    name = shown(p)
     try:
-        f = sf.SoundFile(str(p))
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise AudioFileError(f"{p}: not a readable audio file ({e})") from e
+        # O_NONBLOCK: opening a named pipe with no writer must fail below, not hang here.
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise AudioFileError(f"{name}: no such file") from e
+    except OSError as e:
+        raise AudioFileError(f"{name}: cannot open ({e.strerror})") from e
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise AudioFileError(f"{name}: is a directory, not an audio file")
+        if not stat.S_ISREG(st.st_mode):
+            # A pipe or device has no end a replay can reach, and may block forever.
+            raise AudioFileError(f"{name}: is not a regular file (a pipe or device); give an audio file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        # The descriptor, not the path, so what was checked above is what gets decoded.
+        f = sf.SoundFile(fd, closefd=True)  # libsndfile closes fd itself when this fails
+    except sf.LibsndfileError as e:
+        raise AudioFileError(f"{name}: not a readable audio file ({e.error_string})") from e
+    except (RuntimeError, OSError) as e:
+        raise AudioFileError(f"{name}: not a readable audio file ({e})") from e
     if f.channels < 1:
         f.close()
-        raise AudioFileError(f"{p}: has no audio channels")
+        raise AudioFileError(f"{name}: has no audio channels")
     try:
-        check_rate(f.samplerate, str(p))
+        check_rate(f.samplerate, name)
     except AudioFileError:
         f.close()
         raise
     return f
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a whole audio file as float32 mono at its own rate."""
-    with open_wav(path) as f:
-        try:
-            data = f.read(dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioFileError(f"{path}: cannot decode audio ({e})") from e
-        rate = f.samplerate
-    mono = to_mono_float32(data)
+def read_block(f: sf.SoundFile, frames: int, name: str, pos_s: float) -> np.ndarray:
+    """Decode up to `frames` frames as float32 mono; empty at the end of the file."""
+    try:
+        # soundfile sizes its buffer by min(frames, the header's frame count), never the header alone.
+        block = f.read(frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioFileError(f"{name}: cannot decode audio at {pos_s:.2f} s ({e})") from e
+    mono = to_mono_float32(block)
     if not np.all(np.isfinite(mono)):
-        raise AudioFileError(f"{path}: contains NaN or infinite samples")
-    return mono, rate
+        raise AudioFileError(f"{name}: contains NaN or infinite samples")
+    return mono
+
+
+def block_frames(channels: int) -> int:
+    """Frames per read so that one read holds at most READ_BLOCK_SAMPLES interleaved samples."""
+    return max(1, READ_BLOCK_SAMPLES // max(1, channels))
+
+
+def read_wav(path: str | Path, max_s: float | None = None) -> tuple[np.ndarray, int]:
+    """Read a whole audio file as float32 mono at its own rate; AudioFileError past `max_s`."""
+    name = shown(path)
+    blocks: list[np.ndarray] = []
+    n = 0
+    with open_wav(path) as f:
+        rate = f.samplerate
+        # A header may claim billions of frames (FLAC's STREAMINFO does, unchecked), so memory
+        # follows what really decodes, a bounded block at a time, never the header's count.
+        frames = block_frames(f.channels)
+        max_frames = None if max_s is None else int(max_s * rate)
+        while True:
+            block = read_block(f, frames, name, n / rate)
+            if block.size == 0:
+                break
+            blocks.append(block)
+            n += block.size
+            if max_frames is not None and n > max_frames:
+                raise AudioFileError(
+                    f"{name}: longer than {max_s:g} s; cut it shorter or use `intentd replay`"
+                )
+    if not blocks:
+        return np.zeros(0, np.float32), rate
+    return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)), rate

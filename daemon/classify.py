@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from intentd.audio import read_wav
+from intentd.audio import read_wav, shown
 from intentd.errors import AudioFileError
 from intentd.model import Classifier, Prediction
 from intentd.resample import MODEL_RATE_HZ, resample
@@ -18,14 +18,22 @@ log = logging.getLogger(__name__)
 
 # Files are read this many at a time, so memory stays bounded for long file lists.
 WINDOW_FILES = 64
+# A clip is decoded, resampled and run through the model whole; longer recordings go through
+# `intentd replay`, which cuts them into utterances. The daemon's own segments are shorter still.
+MAX_CLIP_S = 60.0
+# Shorter clips are padded with silence to this length: wav2vec2-style encoders need 400 samples
+# (25 ms at 16 kHz) for one output frame and raise on less.
+MIN_CLIP_S = 0.1
 
 
 def load_clip(path: str) -> np.ndarray:
     """A file as the model sees it: float32 mono at 16 kHz (the same front end as training)."""
-    samples, rate = read_wav(path)
+    samples, rate = read_wav(path, max_s=MAX_CLIP_S)
     if samples.size == 0:
-        raise AudioFileError(f"{path}: contains no audio samples")
-    return resample(samples, rate, MODEL_RATE_HZ)
+        raise AudioFileError(f"{shown(path)}: contains no audio samples")
+    clip = resample(samples, rate, MODEL_RATE_HZ)
+    min_samples = round(MIN_CLIP_S * MODEL_RATE_HZ)
+    return np.pad(clip, (0, min_samples - len(clip))) if len(clip) < min_samples else clip
 
 
 def classify_clips(clf: Classifier, clips: Sequence[np.ndarray], max_batch: int) -> list[Prediction]:

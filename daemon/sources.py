@@ -17,8 +17,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import soundfile as sf
 
-from intentd.audio import MAX_RATE_HZ, MIN_RATE_HZ, Chunk, open_wav, to_mono_float32
-from intentd.errors import AudioDeviceError, AudioFileError
+from intentd.audio import (
+    MAX_RATE_HZ,
+    MIN_RATE_HZ,
+    Chunk,
+    block_frames,
+    open_wav,
+    read_block,
+    shown,
+    to_mono_float32,
+)
+from intentd.errors import AudioDeviceError
 
 if TYPE_CHECKING:
     import sounddevice
@@ -74,6 +83,7 @@ class WavSource:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
         self.path = Path(path)
         self.name = f"wav:{self.path}"
+        self._shown = shown(self.path)  # for one-line errors
         self.rate_hz = 0
         self.realtime = realtime
         self.chunk_ms = chunk_ms
@@ -90,7 +100,9 @@ class WavSource:
         self.close()
         self._file = open_wav(self.path)
         self.rate_hz = self._file.samplerate
-        self._frames_per_chunk = max(1, round(self.rate_hz * self.chunk_ms / 1000))
+        self._frames_per_chunk = max(
+            1, min(round(self.rate_hz * self.chunk_ms / 1000), block_frames(self._file.channels))
+        )
         self._pos = 0
         self._chunks = 0
         self._pending = None
@@ -132,21 +144,12 @@ class WavSource:
         assert self._file is not None
         if self._ended:
             return None
-        try:
-            # soundfile allocates at most one chunk; the header's frame count may lie, so the
-            # end is where decoding returns nothing, not where the header says.
-            block = self._file.read(self._frames_per_chunk, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioFileError(
-                f"{self.path}: cannot decode audio at {self._pos / self.rate_hz:.2f} s ({e})"
-            ) from e
-        if len(block) == 0:
+        # The header's frame count may lie, so the end is where decoding returns nothing.
+        mono = read_block(self._file, self._frames_per_chunk, self._shown, self._pos / self.rate_hz)
+        if mono.size == 0:
             self._ended = True
             log.info("%s: end of file after %d samples", self.path, self._pos)
             return None
-        mono = to_mono_float32(block)
-        if not np.all(np.isfinite(mono)):
-            raise AudioFileError(f"{self.path}: contains NaN or infinite samples")
         return mono
 
     def close(self) -> None:
