@@ -7,6 +7,9 @@ Overflow policy. Live capture drops the *oldest* audio in the source's own bound
 audio thread falls behind (counted as the source's `queue_drops`). Once the segmenter has cut a
 segment it is never dropped: a full `jobs` queue blocks the audio thread (back-pressure onto the
 source queue), so every accepted segment is classified and published, also on shutdown.
+
+With `[metrics] port` set, `Pipeline.start` also starts prometheus_client's HTTP server thread
+(metrics.serve, loopback by default); it reads `stats()` per scrape and stops after `supervise`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from intentd import metrics
 from intentd.audio import Chunk
 from intentd.config import Config
 from intentd.errors import AudioDeviceError, IntentdError
@@ -93,6 +97,9 @@ class Pipeline:
         self.sources = list(sources)
         self.run_id = uuid.uuid4().hex[:12]
         self.counters = Counters()
+        self.batch_sizes = metrics.Distribution(metrics.BATCH_SIZE_BUCKETS)
+        self.inference_s = metrics.Distribution(metrics.INFERENCE_S_BUCKETS)  # one per classified segment
+        self._metrics: metrics.MetricsServer | None = None
         self.stop_event = threading.Event()
         self.error: IntentdError | None = None
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=config.queues.segment_max)
@@ -120,6 +127,8 @@ class Pipeline:
     def start(self) -> None:
         """Start the threads; the source must already be open."""
         self._started_at = time.monotonic()
+        if self.config.metrics.port:
+            self._metrics = metrics.serve(self, self.config.metrics.address, self.config.metrics.port)
         for t in self._threads:
             t.start()
         names = ", ".join(src.name for src in self.sources)
@@ -173,6 +182,8 @@ class Pipeline:
                 self._swap_model(load_model)
                 self.gate.reset()
                 notifier.ready(self._status())
+        if self._metrics is not None:
+            self._metrics.close()
 
     def _swap_model(self, load_model: Callable[[], Classifier]) -> None:
         """Load and warm the new model while the old one serves; swap only if it works."""
@@ -209,6 +220,8 @@ class Pipeline:
                 s[k] = s.get(k, 0.0) + float(v)
         s["segment_queue_depth"] = float(self._jobs.qsize())
         s["sources_down"] = float(len(self.sources_down))
+        s.update(self.batch_sizes.stats("batch_size"))
+        s.update(self.inference_s.stats("inference_seconds"))
         return s
 
     # --- audio threads (one per source) ---------------------------------------------------------
@@ -284,8 +297,8 @@ class Pipeline:
         return False
 
     def _fail(self, error: IntentdError) -> None:
-        """A fatal error: remember the first, stop the pipeline (the CLI exits non-zero)."""
-        log.error("%s", error)
+        """A fatal error: remember the first, stop the pipeline (the CLI prints it and exits non-zero)."""
+        log.debug("stopping on %s", error)
         if self.error is None:
             self.error = error
         self.stop_event.set()
@@ -348,6 +361,9 @@ class Pipeline:
             self.gate.mark_batch_done()
         self.counters.add("batches")
         self.counters.max("batch_size_max", len(batch))
+        self.batch_sizes.observe(len(batch))
+        for p in preds:
+            self.inference_s.observe(p.inference_ms / 1000.0)
         for job, p in zip(batch, preds, strict=True):
             self._results.put(
                 Result(

@@ -275,18 +275,8 @@ REPLAY_SUBSET = [
     "bad\nname.wav",  # a newline in the name must not make two lines
     "rate_4000000000.wav",  # a rate libsndfile itself refuses
     "header_only.wav",  # no samples: nothing to publish, exit 0
-    pytest.param(
-        "float_nan.wav",  # fails mid-stream, on the audio thread
-        marks=pytest.mark.xfail(
-            strict=True, reason="runner.py logs the error at ERROR and the CLI prints it again: two lines"
-        ),
-    ),
-    pytest.param(
-        "flac_claims_2e36_frames.flac",  # decodes 0.9 s, then fails; the 0.9 s is still published
-        marks=pytest.mark.xfail(
-            strict=True, reason="runner.py logs the error at ERROR and the CLI prints it again: two lines"
-        ),
-    ),
+    "float_nan.wav",  # fails mid-stream, on the audio thread
+    "flac_claims_2e36_frames.flac",  # decodes 0.9 s, then fails; the 0.9 s is still published
 ]
 
 
