@@ -1,25 +1,32 @@
 """Segmentation accuracy: does every utterance of a noisy multi-voice stream give exactly one event?
 
     .venv/bin/python bench/segmentation.py [--duration-s 120] [--snr-db 30 20 10] [--rates 48000 8000]
+    .venv/bin/python bench/segmentation.py --replay [--model DIR]   # through `intentd replay`, end to end
 
-Runs the daemon's own segmenter (the stage `intentd replay` uses) over synthetic streams with pink
-noise and counts, per true utterance, the segments that overlap it. Writes bench/out/segmentation.json.
+Builds two-minute streams (several espeak-ng voices, gaps of 1-2.5 s, pink noise at each SNR) and
+counts, per true utterance, the segments (or, with --replay, the published events) that overlap
+it. With --replay it also scores the intents. Writes bench/out/segmentation.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from streams import build_stream
+from streams import Stream, build_stream
 
 from intentd.vad import Segmenter, VadConfig
 
 CHUNK_MS = 20
+INTENTD = Path(sys.executable).parent / "intentd"
 
 
 def score(spans: list[tuple[float, float]], segs: list[tuple[float, float]]) -> dict[str, float]:
@@ -36,31 +43,69 @@ def score(spans: list[tuple[float, float]], segs: list[tuple[float, float]]) -> 
     }
 
 
+def segment_in_process(st: Stream) -> list[dict[str, float]]:
+    """The daemon's segmenter over the stream in 20 ms chunks."""
+    seg = Segmenter(VadConfig(), st.rate_hz, source="bench")
+    step = st.rate_hz * CHUNK_MS // 1000
+    out = []
+    for i in range(0, st.samples.size, step):
+        out += seg.process(st.samples[i : i + step])
+    out += seg.flush()
+    return [{"start_s": s.start_s, "end_s": s.end_s} for s in out]
+
+
+def replay(st: Stream, model: str | None) -> list[dict[str, float]]:
+    """`intentd replay` over the stream written as a 16-bit WAV; its JSON events."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "stream.wav"
+        sf.write(str(wav), st.samples, st.rate_hz, subtype="PCM_16")
+        cmd = [str(INTENTD), "replay", str(wav), *(["--model", model] if model else [])]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def intent_accuracy(st: Stream, events: list[dict[str, float]]) -> float:
+    """Share of utterances whose single overlapping event names the right intent."""
+    right = 0
+    for (start, end), want in zip(st.spans_s, st.intents, strict=True):
+        hits = [e for e in events if e["start_s"] < end and e["end_s"] > start]
+        right += len(hits) == 1 and hits[0]["intent"] == want
+    return right / max(1, len(st.spans_s))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration-s", type=float, default=120.0)
     ap.add_argument("--snr-db", type=float, nargs="+", default=[30.0, 20.0, 10.0])
     ap.add_argument("--rates", type=int, nargs="+", default=[48000, 8000])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--replay", action="store_true", help="run `intentd replay` end to end")
+    ap.add_argument("--model", help="checkpoint for --replay (default: the built-in demo model)")
     args = ap.parse_args()
-    cfg = VadConfig()
     results = []
     for snr in args.snr_db:
         for rate in args.rates:
             st = build_stream(args.duration_s, rate, snr, seed=args.seed)
-            seg = Segmenter(cfg, rate, source="bench")
-            step = rate * CHUNK_MS // 1000
-            out = []
-            for i in range(0, st.samples.size, step):
-                out += seg.process(st.samples[i : i + step])
-            out += seg.flush()
-            r = {"snr_db": snr, "rate_hz": rate, **score(st.spans_s, [(s.start_s, s.end_s) for s in out])}
+            events = replay(st, args.model) if args.replay else segment_in_process(st)
+            r = {
+                "snr_db": snr,
+                "rate_hz": rate,
+                **score(st.spans_s, [(e["start_s"], e["end_s"]) for e in events]),
+            }
+            if args.replay:
+                r["intent_accuracy"] = round(intent_accuracy(st, events), 4)
             results.append(r)
-            print(json.dumps(r))
+            print(json.dumps(r), flush=True)
     out_dir = Path(__file__).resolve().parent / "out"
     out_dir.mkdir(exist_ok=True)
-    report = {"vad": cfg.__dict__, "results": results}
-    (out_dir / "segmentation.json").write_text(json.dumps(report, indent=1))
+    report = {
+        "vad": VadConfig().__dict__,
+        "mode": "replay" if args.replay else "segmenter",
+        "results": results,
+    }
+    (out_dir / f"segmentation{'-replay' if args.replay else ''}.json").write_text(
+        json.dumps(report, indent=1)
+    )
     return 0
 
 
