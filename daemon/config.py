@@ -124,6 +124,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """Who may connect to tcp endpoints: CURVE keys (see intentd.security for the rules)."""
+
+    server_secret_key: str = ""  # the daemon's NAME.key_secret from `intentd keys`
+    allowed_clients_dir: str = ""  # the NAME.key files of the clients admitted
+    require_curve: bool = False  # CURVE on loopback tcp endpoints too, not only on exposed ones
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon needs, validated."""
 
@@ -132,6 +141,7 @@ class Config:
     vad: VadConfig = field(default_factory=VadConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     queues: QueueConfig = field(default_factory=QueueConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def to_toml(self) -> str:
