@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         "replays streamed in by `intentd send` (default mic)",
     )
     p.add_argument("--publish", help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:5556)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (default 0: off)",
+    )
     p.add_argument("--realtime", action="store_true", default=None, help="pace wav: sources at real time")
     p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     p.add_argument("--check-config", action="store_true", help="validate the config and exit")
@@ -105,6 +111,7 @@ def _config_from_args(args: argparse.Namespace, source: str | None = None) -> An
             put("source", "spec", spec)
     put("source", "realtime", getattr(args, "realtime", None))
     put("publish", "endpoint", getattr(args, "publish", None))
+    put("metrics", "port", getattr(args, "metrics_port", None))
     return config.load(getattr(args, "config", None), overrides)
 
 
