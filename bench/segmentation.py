@@ -30,13 +30,22 @@ INTENTD = Path(sys.executable).parent / "intentd"
 
 
 def score(spans: list[tuple[float, float]], segs: list[tuple[float, float]]) -> dict[str, float]:
-    """Per-utterance overlap counts: exactly-one, missed, split; and segments matching no utterance."""
+    """Per-utterance overlap counts (exactly one, missed, split) and per-segment ones (merged, spurious).
+
+    An utterance is right only when exactly one segment overlaps it and that segment overlaps no other.
+    """
     hits = [sum(1 for s, e in segs if s < end and e > start) for start, end in spans]
-    spurious = sum(1 for s, e in segs if not any(s < end and e > start for start, end in spans))
+    covers = [sum(1 for start, end in spans if s < end and e > start) for s, e in segs]
+    merged = [(s, e) for (s, e), c in zip(segs, covers, strict=True) if c > 1]
+    spurious = sum(c == 0 for c in covers)
     return {
         "utterances": len(spans),
         "segments": len(segs),
-        "exactly_one": sum(h == 1 for h in hits),
+        "exactly_one": sum(
+            h == 1 and not any(s < end and e > start for s, e in merged)
+            for h, (start, end) in zip(hits, spans, strict=True)
+        ),
+        "merged_segments": len(merged),
         "missed": sum(h == 0 for h in hits),
         "split": sum(h > 1 for h in hits),
         "spurious": spurious,
