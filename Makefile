@@ -4,8 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := libportaudio2 libsndfile1 ffmpeg espeak-ng sox alsa-utils systemd gcc pkg-config libzmq3-dev libcjson-dev
 STAMP := $(VENV)/.installed
+# `sudo make install`: the service venv under PREFIX, the unit and /etc/intentd/intentd.toml.
+# INSTALL_FLAGS passes more systemd/install.sh options, e.g. --cuda, --dry-run,
+# --torch-index https://download.pytorch.org/whl/cpu (see systemd/install.sh --help).
+PREFIX ?= /opt/intentd
+INSTALL_FLAGS ?=
 
-.PHONY: setup apt demo test lint clean
+.PHONY: setup apt demo test lint clean install
 
 setup: apt $(STAMP)
 
@@ -32,6 +37,9 @@ test: setup lint
 
 lint: setup
 	$(VENV)/bin/ruff check daemon training clients tests bench
+
+install:
+	bash systemd/install.sh --prefix $(PREFIX) $(if $(DESTDIR),--destdir $(DESTDIR) --no-venv) $(INSTALL_FLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
