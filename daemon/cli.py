@@ -23,6 +23,10 @@ MODEL_LOAD_BUDGET_S = 120.0
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint folder (default: the built-in demo model)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs (default auto)")
+    p.add_argument(
+        "--precision", choices=("fp32", "int8"), help="fp32 (default) or int8 (CPU: quantised Linear layers)"
+    )
+    p.add_argument("--int8", action="store_const", const="int8", dest="precision", help="--precision int8")
     p.add_argument("--config", help="TOML config file (same keys as intentd.toml); flags win")
     p.add_argument("--log-level", default=None, help="debug, info, warning (default) or error")
 
@@ -103,6 +107,7 @@ def _config_from_args(args: argparse.Namespace, source: str | None = None) -> An
 
     put("model", "path", getattr(args, "model", None))
     put("model", "device", getattr(args, "device", None))
+    put("model", "precision", getattr(args, "precision", None))
     specs = [source] if source else (getattr(args, "source", None) or [])
     for spec in specs:
         if spec.startswith("net:"):
@@ -131,7 +136,11 @@ def _load_classifier(cfg: Any) -> Any:
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
     clf = Classifier(
-        cfg.model.resolved_path, device=cfg.model.device, top_k=cfg.model.top_k, min_score=cfg.model.min_score
+        cfg.model.resolved_path,
+        device=cfg.model.device,
+        top_k=cfg.model.top_k,
+        min_score=cfg.model.min_score,
+        precision=cfg.model.precision,
     )
     clf.warmup()
     return clf

@@ -36,6 +36,7 @@ class ModelConfig:
     min_score: float = 0.0
     top_k: int = 3
     threads: int = 0  # 0: torch's default
+    precision: str = "fp32"  # fp32, or int8: Linear layers dynamically quantised (CPU only)
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda"), "model.device must be auto, cpu or cuda")
@@ -44,6 +45,7 @@ class ModelConfig:
         _check(0.0 <= self.min_score <= 1.0, "model.min_score must be 0..1")
         _check(1 <= self.top_k <= 100, "model.top_k must be 1..100")
         _check(0 <= self.threads <= 256, "model.threads must be 0..256")
+        _check(self.precision in ("fp32", "int8"), "model.precision must be fp32 or int8")
 
     @property
     def resolved_path(self) -> str:

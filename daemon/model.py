@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 WARMUP_S = 1.0
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "int8")
+# Checkpoints that take an attention mask batch clips whose lengths are within this ratio of each
+# other: sorted length buckets keep padding (work spent on zeros) under 25 % of a batch.
+MAX_PAD_RATIO = 1.25
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,38 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The dtype the model runs in: fp16 on cuda, fp32 on cpu, qint8 (dynamic, Linear layers) for int8."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        if precision == "int8":
+            raise ModelError(
+                "precision int8 is CPU-only (dynamic quantisation); on cuda the model runs in fp16: "
+                "use --precision fp32 or --device cpu"
+            )
+        return torch.float16
+    return torch.qint8 if precision == "int8" else torch.float32
+
+
+def batch_groups(
+    lengths: Sequence[int], pads_with_mask: bool, max_pad_ratio: float = MAX_PAD_RATIO
+) -> list[list[int]]:
+    """Indices of clips that may share one forward pass, each group in ascending length order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups:
+            first = lengths[groups[-1][0]]
+            # Without a mask padding changes the result, so only equal lengths share a batch.
+            fits = lengths[i] <= first * max_pad_ratio if pads_with_mask else lengths[i] == first
+            if fits:
+                groups[-1].append(i)
+                continue
+        groups.append([i])
+    return groups
+
+
 class Classifier:
     """Loads a checkpoint folder (safetensors only) and classifies 16 kHz float32 utterances."""
 
@@ -53,9 +90,13 @@ class Classifier:
         top_k: int = 3,
         min_score: float = 0.0,
         unknown_label: str = "unknown",
+        precision: str = "fp32",
     ) -> None:
         self.path = Path(path)
         self.device = resolve_device(device)
+        self.precision = precision
+        # Checked before loading, so a bad combination fails in milliseconds, not after the load.
+        self.dtype = compute_dtype(self.device, precision)
         self.top_k = top_k
         self.min_score = min_score
         self.unknown_label = unknown_label
@@ -66,15 +107,21 @@ class Classifier:
         # Checkpoints whose feature extractor gives no attention mask (wav2vec2-base: group norm
         # over time in the first conv) see padding as signal, so only equal lengths may share a batch.
         self.pads_with_mask = bool(getattr(self.extractor, "return_attention_mask", False))
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         if self.dtype == torch.float16:
             self.model.half()
+        elif self.dtype == torch.qint8:
+            _quantize_linear(self.model)
+        # Activations stay float: int8 quantises Linear weights and quantises activations on the fly.
+        self.input_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
 
     def warmup(self) -> None:
         """Run one dummy batch so the first real utterance doesn't pay for lazy initialisation."""
         t0 = time.perf_counter()
         self.classify([np.zeros(int(WARMUP_S * MODEL_RATE_HZ), np.float32)])
-        log.info("model %s warmed up on %s in %.2f s", self.name, self.device, time.perf_counter() - t0)
+        log.info(
+            "model %s (%s) warmed up on %s in %.2f s",
+            self.name, self.precision, self.device, time.perf_counter() - t0,
+        )  # fmt: skip
 
     def classify(self, batch: Sequence[np.ndarray]) -> list[Prediction]:
         """Classify utterances (float32 mono, 16 kHz); results in input order."""
@@ -90,12 +137,7 @@ class Classifier:
         return [p for p in out if p is not None]
 
     def _groups(self, batch: Sequence[np.ndarray]) -> list[list[int]]:
-        if self.pads_with_mask:
-            return [list(range(len(batch)))]
-        by_len: dict[int, list[int]] = {}
-        for i, x in enumerate(batch):
-            by_len.setdefault(len(x), []).append(i)
-        return list(by_len.values())
+        return batch_groups([len(x) for x in batch], self.pads_with_mask)
 
     @torch.inference_mode()
     def _forward(self, xs: list[np.ndarray]) -> np.ndarray:
@@ -107,7 +149,7 @@ class Classifier:
             return_tensors="pt",
         )
         inputs = {
-            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+            k: (v.to(self.device, self.input_dtype) if v.is_floating_point() else v.to(self.device))
             for k, v in feats.items()
         }
         logits = self.model(**inputs).logits.float()
@@ -120,6 +162,17 @@ class Classifier:
         if score < self.min_score:
             label = self.unknown_label
         return Prediction(label, score, top, inference_ms)
+
+
+def _quantize_linear(model: torch.nn.Module) -> None:
+    """Swap every Linear for a dynamically quantised int8 one, in place (the fp32 weights are freed)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch marks quantised tensor creation deprecated (moving to torchao); it still works in 2.x.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao\.")
+        warnings.filterwarnings("ignore", message=".*quantize.*deprecated", category=UserWarning)
+        quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def _load(path: Path, device: torch.device) -> tuple[object, torch.nn.Module]:
