@@ -290,7 +290,8 @@ class MicSource:
         self._closing = False
         self._finished = False
         self._callback_error = None
-        self._frames_captured = self._input_overflows = self._queue_drops = 0
+        # Counters and the timeline run on across a reopen: start_sample stays monotonic (the gap
+        # shows in it) and Prometheus totals never reset.
         try:
             stream = sd.InputStream(
                 device=dev.index,
