@@ -21,6 +21,7 @@ from typing import TextIO
 
 import zmq
 
+from intentd_client.keys import KeyFileError, add_key_arguments, keys_from_args
 from intentd_client.protocol import IntentEvent
 from intentd_client.subscriber import DEFAULT_HEARTBEAT_TIMEOUT_S, Notice, StreamStats, Subscriber
 
@@ -75,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="report the daemon as down after S seconds without a message "
         f"(default {DEFAULT_HEARTBEAT_TIMEOUT_S})",
     )
+    add_key_arguments(p)
 
 
 def _score(text: str) -> float:
@@ -127,7 +129,11 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO |
             intents=args.intents,
             min_score=args.min_score,
             heartbeat_timeout_s=args.heartbeat_timeout,
+            keys=keys_from_args(args),
         )
+    except KeyFileError as e:
+        print(f"intentd listen: {e}", file=err)
+        return EXIT_USAGE
     except zmq.ZMQError as e:
         print(
             f"intentd listen: cannot connect to {args.endpoint!r}: {e} (use tcp://HOST:PORT or ipc://PATH)",

@@ -31,6 +31,7 @@ from intentd_client.audio_protocol import (
     StreamStart,
     decode_ack,
 )
+from intentd_client.keys import ClientKeys, KeyFileError, add_key_arguments, keys_from_args
 from intentd_client.protocol import Heartbeat, IntentEvent
 from intentd_client.subscriber import Restart, Subscriber
 
@@ -112,6 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"audio per message, 1-{MAX_CHUNK_S * 1000:g} ms (default {DEFAULT_CHUNK_MS:g})",
     )
+    add_key_arguments(p)
 
 
 def _positive(text: str) -> float:
@@ -143,7 +145,9 @@ def _soundfile() -> Any:
 class Sender:
     """Owns the DEALER socket to the daemon's network source; sends one stream at a time."""
 
-    def __init__(self, endpoint: str, timeout_s: float, context: zmq.Context) -> None:
+    def __init__(
+        self, endpoint: str, timeout_s: float, context: zmq.Context, keys: ClientKeys | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.streams: dict[str, Stream] = {}
@@ -151,6 +155,8 @@ class Sender:
         self.sock.setsockopt(zmq.LINGER, 0)
         # Queue only to a connected daemon, so a missing one shows as a send timeout.
         self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        if keys is not None:
+            keys.apply(self.sock)
         try:
             self.sock.connect(endpoint)
         except zmq.ZMQError as e:
@@ -316,9 +322,14 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     failed = False
     sub: Subscriber | None = None
     try:
+        try:
+            # One key pair for both endpoints: the daemon has one server key for all its sockets.
+            keys = keys_from_args(args)
+        except KeyFileError as e:
+            raise SendError(str(e)) from None
         if args.wait:
             try:
-                sub = Subscriber(args.wait, heartbeats=True, context=ctx)
+                sub = Subscriber(args.wait, heartbeats=True, context=ctx, keys=keys)
             except zmq.ZMQError as e:
                 raise SendError(f"cannot subscribe to {args.wait!r}: {e}") from None
             # Subscribed before anything is sent, and live once a heartbeat came (slow joiner).
@@ -326,7 +337,7 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
                 raise SendError(
                     f"no heartbeat from {args.wait} within {args.timeout:g} s; is the daemon running?"
                 )
-        sender = Sender(args.to, args.timeout, ctx)
+        sender = Sender(args.to, args.timeout, ctx, keys)
         try:
             sent: list[Stream] = []
             for path in args.wavs:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import zmq
 import zmq.asyncio
 
+from intentd_client.keys import ClientKeys
 from intentd_client.protocol import (
     TOPIC_HEARTBEAT,
     TOPIC_INTENT,
@@ -270,6 +271,7 @@ class _SubscriberBase:
         heartbeat_timeout_s: float,
         heartbeats: bool,
         rcvhwm: int,
+        keys: ClientKeys | None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
@@ -284,6 +286,8 @@ class _SubscriberBase:
         self._socket = sock
         try:
             _configure(sock, rcvhwm)
+            if keys is not None:
+                keys.apply(sock)
             sock.connect(endpoint)
         except zmq.ZMQError:
             sock.close(linger=0)
@@ -325,7 +329,8 @@ class Subscriber(_SubscriberBase):
     """Blocking subscriber; iterating yields IntentEvent and Notice items (Heartbeat if asked).
 
     Use it from one thread. Items come in wire order; a notice precedes the message that
-    revealed it (DaemonUp, then Restart or Gap, then the message).
+    revealed it (DaemonUp, then Restart or Gap, then the message). Pass `keys` for a daemon
+    that requires CURVE; a refused key looks like a daemon that never answers (DaemonDown).
     """
 
     def __init__(
@@ -338,6 +343,7 @@ class Subscriber(_SubscriberBase):
         context: zmq.Context | None = None,
         heartbeats: bool = False,
         rcvhwm: int = DEFAULT_RCVHWM,
+        keys: ClientKeys | None = None,
     ) -> None:
         ctx = context if context is not None else zmq.Context.instance()
         super().__init__(
@@ -349,6 +355,7 @@ class Subscriber(_SubscriberBase):
             heartbeat_timeout_s,
             heartbeats,
             rcvhwm,
+            keys,
         )
 
     def __enter__(self) -> Subscriber:
@@ -409,6 +416,7 @@ class AsyncSubscriber(_SubscriberBase):
         context: zmq.asyncio.Context | None = None,
         heartbeats: bool = False,
         rcvhwm: int = DEFAULT_RCVHWM,
+        keys: ClientKeys | None = None,
     ) -> None:
         ctx = context if context is not None else zmq.asyncio.Context.instance()
         super().__init__(
@@ -420,6 +428,7 @@ class AsyncSubscriber(_SubscriberBase):
             heartbeat_timeout_s,
             heartbeats,
             rcvhwm,
+            keys,
         )
 
     async def __aenter__(self) -> AsyncSubscriber:

@@ -31,6 +31,19 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default=None, help="debug, info, warning (default) or error")
 
 
+def _add_security_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server-key",
+        metavar="FILE",
+        help="CURVE secret key (NAME.key_secret from `intentd keys`): needed to bind tcp beyond loopback",
+    )
+    p.add_argument(
+        "--allowed-clients",
+        metavar="DIR",
+        help="folder of the public keys (NAME.key) of the clients admitted over CURVE",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full CLI."""
     parser = argparse.ArgumentParser(prog="intentd", description=__doc__)
@@ -46,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "replays streamed in by `intentd send` (default mic)",
     )
     p.add_argument("--publish", help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:5556)")
+    _add_security_flags(p)
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -62,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     p.add_argument("--realtime", action="store_true", default=None, help="pace at real time")
     p.add_argument("--publish", help="also publish events on this ZeroMQ endpoint")
+    _add_security_flags(p)
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("classify", help="classify whole files (no VAD), one JSON line per file")
@@ -84,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     # The client and training commands live with their packages; training needs the `train` extra.
-    from intentd_client import listen, send
+    from intentd_client import keys, listen, send
 
+    keys.add_parser(sub)
     listen.add_parser(sub)
     send.add_parser(sub)
     try:
@@ -116,6 +132,8 @@ def _config_from_args(args: argparse.Namespace, source: str | None = None) -> An
             put("source", "spec", spec)
     put("source", "realtime", getattr(args, "realtime", None))
     put("publish", "endpoint", getattr(args, "publish", None))
+    put("security", "server_secret_key", getattr(args, "server_key", None))
+    put("security", "allowed_clients_dir", getattr(args, "allowed_clients", None))
     put("metrics", "port", getattr(args, "metrics_port", None))
     return config.load(getattr(args, "config", None), overrides)
 
@@ -146,7 +164,7 @@ def _load_classifier(cfg: Any) -> Any:
     return clf
 
 
-def _make_sources(cfg: Any) -> list[Any]:
+def _make_sources(cfg: Any, curve: Any = None) -> list[Any]:
     """The configured sources, not yet open; a missing device or file fails here, before the model loads."""
     from intentd import sources
     from intentd.audio import open_wav
@@ -170,25 +188,37 @@ def _make_sources(cfg: Any) -> list[Any]:
     if cfg.source.net:
         from intentd.netsource import NetSource
 
-        out.append(NetSource(cfg.source.net, queue_max_chunks=cfg.queues.audio_max_chunks))
+        out.append(NetSource(cfg.source.net, queue_max_chunks=cfg.queues.audio_max_chunks, curve=curve))
     return out
 
 
 def _run_pipeline(
     cfg: Any, publish: bool, on_intent: Any = None, args: argparse.Namespace | None = None
 ) -> int:
+    from intentd.security import serving
+
+    # The one place the CURVE authenticator thread (if keys are configured) starts and stops:
+    # before the first bind, after the last socket closed. Exposed endpoints without keys fail
+    # here, before the model loads.
+    with serving(cfg, publish) as curve:
+        return _run_pipeline_secured(cfg, publish, on_intent, args, curve)
+
+
+def _run_pipeline_secured(
+    cfg: Any, publish: bool, on_intent: Any, args: argparse.Namespace | None, curve: Any
+) -> int:
     from intentd.notify import Notifier
 
     notifier = Notifier.from_env()
     # Loading torch and the model can outlast TimeoutStartSec on a slow edge box.
     notifier.extend_timeout(MODEL_LOAD_BUDGET_S)
-    srcs = _make_sources(cfg)
+    srcs = _make_sources(cfg, curve)
     clf = _load_classifier(cfg)
     from intentd.runner import Pipeline
 
     for src in srcs:
         src.open()
-    pipe = Pipeline(cfg, clf, srcs, on_intent=on_intent, publish=publish)
+    pipe = Pipeline(cfg, clf, srcs, on_intent=on_intent, publish=publish, curve=curve)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing the segment in progress and draining", signum)
@@ -197,6 +227,8 @@ def _run_pipeline(
     def on_hangup(_signum: int, _frame: Any) -> None:
         log.info("SIGHUP: reloading the model")
         pipe.request_reload()
+        if curve is not None:
+            curve.reload()
 
     def load_model() -> Any:
         # The model section is re-read from the config file; flags still win over it.
@@ -223,6 +255,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(cfg.to_toml())
         return 0
     if args.check_config:
+        from intentd.security import check
+
+        check(cfg)
         print(f"config ok (model {cfg.model.resolved_path}, source {cfg.source.spec})")
         return 0
     return _run_pipeline(cfg, publish=True, args=args)

@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 
 from intentd.audio import Chunk, to_mono_float32
-from intentd.errors import ConfigError
+from intentd.security import CurveServer, bind_checked
 from intentd_client.audio_protocol import (
     IDLE_TIMEOUT_REASON,
     MAX_CHUNK_BYTES,
@@ -45,6 +45,8 @@ DEFAULT_IDLE_TIMEOUT_S = 10.0
 # Frames between the protocol caps and this are refused and counted as `oversize`; a larger one
 # makes ZeroMQ drop the sender's connection before it is ever read (not counted here).
 MAX_MESSAGE_BYTES = 2 * (MAX_CHUNK_BYTES + MAX_HEADER_BYTES)
+# Acks queued per sender; past it a sender that does not read loses acks (never blocks us).
+ACK_SNDHWM_MESSAGES = 1000
 # At most one warning per rejection reason per this long; the rest are counted, not logged.
 REJECT_LOG_INTERVAL_S = 5.0
 S24_SIGN_SHIFT = 8  # 24-bit samples are placed in the top of an int32 to carry the sign
@@ -84,6 +86,7 @@ class NetSource:
         max_streams: int = DEFAULT_MAX_STREAMS,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         context: zmq.Context | None = None,
+        curve: CurveServer | None = None,
     ) -> None:
         if queue_max_chunks < 1:
             raise ValueError(f"queue_max_chunks must be at least 1, got {queue_max_chunks}")
@@ -98,6 +101,7 @@ class NetSource:
         self.max_streams = max_streams
         self.idle_timeout_s = idle_timeout_s
         self._context = context
+        self._curve = curve  # running CURVE server for exposed endpoints (see intentd.security)
         self._socket: zmq.Socket | None = None
         self._streams: dict[str, _Stream] = {}
         # Ended streams whose final chunk the runner holds; acked on the next read(), i.e. once
@@ -130,15 +134,15 @@ class NetSource:
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.queue_max_chunks)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        try:
-            sock.bind(self.endpoint)
-        except zmq.ZMQError as e:
-            sock.close(linger=0)
-            raise ConfigError(
-                f"cannot bind network source endpoint {self.endpoint}: {e.strerror}; "
-                "is another intentd running? choose another with --source net:ENDPOINT"
-            ) from None
+        sock.setsockopt(zmq.SNDHWM, ACK_SNDHWM_MESSAGES)
+        bind_checked(
+            sock,
+            self.endpoint,
+            "network source endpoint",
+            "--source net:ENDPOINT",
+            MAX_MESSAGE_BYTES,
+            self._curve,
+        )
         self._socket = sock
         log.info("taking audio streams on %s (at most %d at once)", self.endpoint, self.max_streams)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from intentd.errors import ConfigError
+from intentd.security import CurveServer, bind_checked
 from intentd_client.protocol import (
     TOPIC_HEARTBEAT,
     TOPIC_INTENT,
@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 # A subscriber that stops reading must not stall the daemon: past this many queued messages per
 # subscriber, ZeroMQ PUB drops new messages for that subscriber only (seq gaps tell it so).
 SNDHWM_MESSAGES = 10_000
+# What subscribers send a PUB: (un)subscriptions and handshake commands (a CURVE INITIATE is
+# about 300 bytes). Anything larger drops that peer's connection instead of being buffered.
+MAX_INBOUND_BYTES = 4096
+RCVHWM_MESSAGES = 1000  # queued subscription messages, all peers together
 LINGER_MS = 500
 
 
@@ -45,7 +49,10 @@ class Result:
 
 
 class Publisher:
-    """Owns the PUB socket (when an endpoint is given); call it from one thread only."""
+    """Owns the PUB socket (when an endpoint is given); call it from one thread only.
+
+    `curve` (running) arms the socket as a CURVE server where security.bind_checked requires it.
+    """
 
     def __init__(
         self,
@@ -53,6 +60,7 @@ class Publisher:
         run_id: str,
         context: zmq.Context | None = None,
         on_intent: Callable[[IntentEvent], None] | None = None,
+        curve: CurveServer | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.run_id = run_id
@@ -63,15 +71,9 @@ class Publisher:
             ctx = context or zmq.Context.instance()
             sock = ctx.socket(zmq.PUB)
             sock.setsockopt(zmq.SNDHWM, SNDHWM_MESSAGES)
+            sock.setsockopt(zmq.RCVHWM, RCVHWM_MESSAGES)
             sock.setsockopt(zmq.LINGER, LINGER_MS)
-            try:
-                sock.bind(endpoint)
-            except zmq.ZMQError as e:
-                sock.close(linger=0)
-                raise ConfigError(
-                    f"cannot bind publish endpoint {endpoint}: {e.strerror}; "
-                    "is another intentd running? choose another with --publish"
-                ) from None
+            bind_checked(sock, endpoint, "publish endpoint", "--publish", MAX_INBOUND_BYTES, curve)
             self.socket = sock
             log.info("publishing on %s", endpoint)
 

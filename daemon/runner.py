@@ -10,6 +10,10 @@ source queue), so every accepted segment is classified and published, also on sh
 
 With `[metrics] port` set, `Pipeline.start` also starts prometheus_client's HTTP server thread
 (metrics.serve, loopback by default); it reads `stats()` per scrape and stops after `supervise`.
+
+With CURVE keys configured, one more thread runs: pyzmq's ZAP authenticator (security.CurveServer).
+It must outlive every socket it guards, so cli._run_pipeline starts it before the first bind and
+stops it after the pipeline is done; the Pipeline only passes it to the Publisher.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from intentd.model import Classifier
 from intentd.notify import Notifier, WatchdogGate
 from intentd.publisher import Publisher, Result
 from intentd.resample import MODEL_RATE_HZ, resample
+from intentd.security import CurveServer
 from intentd.sources import EndOfStream, Source
 from intentd.vad import Segment, Segmenter
 from intentd_client.protocol import IntentEvent
@@ -89,6 +94,7 @@ class Pipeline:
         sources: Sequence[Source],
         on_intent: Callable[[IntentEvent], None] | None = None,
         publish: bool = True,
+        curve: CurveServer | None = None,
     ) -> None:
         if not sources:
             raise ValueError("a pipeline needs at least one source")
@@ -113,7 +119,7 @@ class Pipeline:
         self._started_at = time.monotonic()
         self.gate = WatchdogGate(DEFAULT_MAX_STALL_S)
         self.publisher = Publisher(
-            config.publish.endpoint if publish else None, self.run_id, on_intent=on_intent
+            config.publish.endpoint if publish else None, self.run_id, on_intent=on_intent, curve=curve
         )
         self._threads = [
             *(
