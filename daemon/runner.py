@@ -282,6 +282,9 @@ class Pipeline:
         log.error("%s", error)
         backoff_s = RECOVER_FIRST_BACKOFF_S
         while not self.stop_event.wait(backoff_s):
+            # Reopening is progress: the watchdog must not kill us inside the recover_s window
+            # (only a reopen that itself hangs stops the pings).
+            self.gate.mark_frames()
             source.close()
             try:
                 source.open()
