@@ -188,7 +188,14 @@ def _make_sources(cfg: Any, curve: Any = None) -> list[Any]:
     if cfg.source.net:
         from intentd.netsource import NetSource
 
-        out.append(NetSource(cfg.source.net, queue_max_chunks=cfg.queues.audio_max_chunks, curve=curve))
+        out.append(
+            NetSource(
+                cfg.source.net,
+                queue_max_chunks=cfg.queues.audio_max_chunks,
+                max_streams=cfg.source.net_max_streams,
+                curve=curve,
+            )
+        )
     return out
 
 

@@ -63,6 +63,7 @@ class SourceConfig:
     rate_hz: int = 0  # 0: the device's default rate
     channels: int = 0  # 0: the device's maximum input channels
     recover_s: float = 30.0  # a lost capture device is reopened with backoff for this long, then exit 1
+    net_max_streams: int = 8  # network streams open at once; more are refused (too_many_streams)
 
     def __post_init__(self) -> None:
         kind = self.spec.split(":", 1)[0]
@@ -81,6 +82,7 @@ class SourceConfig:
         )
         _check(0 <= self.channels <= 64, "source.channels must be 0..64")
         _check(0 <= self.recover_s <= 86_400, "source.recover_s must be 0..86400")
+        _check(1 <= self.net_max_streams <= 1024, "source.net_max_streams must be 1..1024")
 
 
 @dataclass(frozen=True)
