@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.05  # how often blocked threads look at the stop event
 STATUS_PERIOD_S = 1.0  # how often the supervisor refreshes STATUS= (and pings, without a watchdog)
 DEFAULT_MAX_STALL_S = 10.0  # no frames, or one batch running, this long means the pipeline is stuck
+# This many failed batches in a row (a broken model, not one odd input) withholds watchdog pings.
+MAX_CONSECUTIVE_BATCH_FAILURES = 3
 RECOVER_FIRST_BACKOFF_S = 0.5
 RECOVER_MAX_BACKOFF_S = 5.0
 
@@ -118,6 +120,7 @@ class Pipeline:
         self.sources_down: set[str] = set()
         self._started_at = time.monotonic()
         self.gate = WatchdogGate(DEFAULT_MAX_STALL_S)
+        self._failed_batches_in_a_row = 0
         self.publisher = Publisher(
             config.publish.endpoint if publish else None, self.run_id, on_intent=on_intent, curve=curve
         )
@@ -171,7 +174,7 @@ class Pipeline:
         notifier.ready(self._status())
         stuck_reported = False
         while not self.wait(period):
-            problem = self.gate.problem()
+            problem = self.gate.problem() or self._worker_problem()
             if problem is None:
                 notifier.watchdog()
                 notifier.status(self._status())
@@ -190,6 +193,10 @@ class Pipeline:
                 notifier.ready(self._status())
         if self._metrics is not None:
             self._metrics.close()
+
+    def _worker_problem(self) -> str | None:
+        n = self._failed_batches_in_a_row
+        return f"the last {n} model batches failed" if n >= MAX_CONSECUTIVE_BATCH_FAILURES else None
 
     def _swap_model(self, load_model: Callable[[], Classifier]) -> None:
         """Load and warm the new model while the old one serves; swap only if it works."""
@@ -362,12 +369,20 @@ class Pipeline:
         try:
             preds = self.classifier.classify([j.samples for j in batch])
         except Exception:  # one bad batch must not take the daemon down; counted and logged
+            if len(batch) > 1:
+                # One bad input must not cost its batch-mates: retry each alone, lose only it.
+                log.warning("worker: batch of %d failed; retrying one at a time", len(batch))
+                for job in batch:
+                    self._run_batch([job])
+                return
             log.exception("worker: batch of %d failed", len(batch))
             self.counters.add("worker_errors")
             self.counters.add("segments_failed", len(batch))
+            self._failed_batches_in_a_row += 1
             return
         finally:
             self.gate.mark_batch_done()
+        self._failed_batches_in_a_row = 0
         self.counters.add("batches")
         self.counters.max("batch_size_max", len(batch))
         self.batch_sizes.observe(len(batch))

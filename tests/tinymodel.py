@@ -14,7 +14,9 @@ INTENTS = (
 )  # fmt: skip
 
 
-def save_tiny_checkpoint(out: Path, with_attention_mask: bool = True, seed: int = 0) -> Path:
+def save_tiny_checkpoint(
+    out: Path, with_attention_mask: bool = True, seed: int = 0, **config_overrides: object
+) -> Path:
     """A randomly initialised ~40k-parameter Wav2Vec2 classifier; `layer` norm when it takes a mask."""
     torch.manual_seed(seed)
     cfg = Wav2Vec2Config(
@@ -30,6 +32,7 @@ def save_tiny_checkpoint(out: Path, with_attention_mask: bool = True, seed: int 
         num_labels=len(INTENTS),
         id2label=dict(enumerate(INTENTS)),
         label2id={label: i for i, label in enumerate(INTENTS)},
+        **config_overrides,
     )
     model = Wav2Vec2ForSequenceClassification(cfg)
     extractor = Wav2Vec2FeatureExtractor(
