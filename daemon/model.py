@@ -166,12 +166,12 @@ class Classifier:
 
 def _quantize_linear(model: torch.nn.Module) -> None:
     """Swap every Linear for a dynamically quantised int8 one, in place (the fp32 weights are freed)."""
-    from torch.ao.quantization import quantize_dynamic
-
     with warnings.catch_warnings():
-        # torch marks quantised tensor creation deprecated (moving to torchao); it still works in 2.x.
+        # torch marks torch.ao quantisation deprecated (moving to torchao); it still works in 2.13.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao\.")
-        warnings.filterwarnings("ignore", message=".*quantize.*deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
+        from torch.ao.quantization import quantize_dynamic
+
         quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 

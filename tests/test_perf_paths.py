@@ -1,0 +1,97 @@
+"""Performance paths on CPU: int8 agrees with fp32, length buckets keep input order, cuda selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import speech
+import torch
+
+from intentd.config import ModelConfig
+from intentd.errors import ConfigError, ModelError
+from intentd.model import Classifier, batch_groups, compute_dtype, resolve_device
+from intentd.resample import MODEL_RATE_HZ
+
+TEXTS = (
+    "check my balance", "I lost my card, freeze it", "pay my gas bill", "new address please",
+    "what did I spend last week", "cancel the direct debit", "the app keeps crashing",
+    "can I use my card in France", "open a joint account", "how much can I withdraw",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    """Spoken clips of different lengths at 16 kHz."""
+    return [speech.convert_rate(speech.say(t), speech.ESPEAK_RATE_HZ, MODEL_RATE_HZ) for t in TEXTS]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_model_nomask"])
+def test_int8_agrees_with_fp32_on_most_clips(
+    fixture: str, clips: list[np.ndarray], request: pytest.FixtureRequest
+) -> None:
+    path = request.getfixturevalue(fixture)
+    fp32 = Classifier(path, device="cpu", top_k=14).classify(clips)
+    int8_clf = Classifier(path, device="cpu", top_k=14, precision="int8")
+    int8 = int8_clf.classify(clips)
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8_clf.model.modules())
+    agree = sum(a.intent == b.intent for a, b in zip(fp32, int8, strict=True))
+    assert agree >= 0.8 * len(clips)
+    for a, b in zip(fp32, int8, strict=True):
+        assert abs(a.score - dict(b.top_k)[a.intent]) < 0.05  # scores move little, not just the argmax
+
+
+def test_int8_batched_equals_one_at_a_time(tiny_model: Path, clips: list[np.ndarray]) -> None:
+    clf = Classifier(tiny_model, device="cpu", top_k=14, precision="int8")
+    for clip, b in zip(clips, clf.classify(clips), strict=True):
+        (single,) = clf.classify([clip])
+        got = dict(b.top_k)
+        for label, score in single.top_k:
+            assert got[label] == pytest.approx(score, abs=2e-2)  # activations are quantised per batch
+
+
+@pytest.mark.parametrize("pads_with_mask", [True, False])
+def test_length_buckets_cover_every_clip_once(pads_with_mask: bool) -> None:
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in rng.integers(1_600, 80_000, size=50)] + [16_000] * 5
+    groups = batch_groups(lengths, pads_with_mask)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        ls = [lengths[i] for i in g]
+        assert ls == sorted(ls)
+        assert max(ls) <= min(ls) * 1.25 if pads_with_mask else len(set(ls)) == 1
+    assert any(len(g) == 5 for g in groups)  # equal lengths always share a batch
+
+
+def test_bucketed_batch_returns_input_order(tiny_model: Path, clips: list[np.ndarray]) -> None:
+    clf = Classifier(tiny_model, device="cpu", top_k=14)
+    shuffled = [clips[i] for i in (3, 0, 7, 1, 9, 2, 8, 4, 6, 5)]
+    assert len(batch_groups([len(c) for c in shuffled], True)) > 1  # several buckets
+    for clip, b in zip(shuffled, clf.classify(shuffled), strict=True):
+        (single,) = clf.classify([clip])
+        assert b.intent == single.intent and b.score == pytest.approx(single.score, abs=1e-3)
+
+
+def test_cuda_runs_fp16_and_refuses_int8() -> None:
+    cuda = torch.device("cuda")  # a device object needs no GPU; selection logic is what is tested
+    assert compute_dtype(cuda, "fp32") == torch.float16
+    with pytest.raises(ModelError, match="int8 is CPU-only"):
+        compute_dtype(cuda, "int8")
+    assert compute_dtype(torch.device("cpu"), "int8") == torch.qint8
+    with pytest.raises(ModelError, match="precision 'fp16'"):
+        compute_dtype(torch.device("cpu"), "fp16")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu_is_one_clear_error(tiny_model: Path) -> None:
+    with pytest.raises(ModelError, match="no CUDA GPU is available; use --device cpu"):
+        resolve_device("cuda")
+    with pytest.raises(ModelError, match="no CUDA GPU"):
+        Classifier(tiny_model, device="cuda")
+
+
+def test_precision_is_validated_in_config() -> None:
+    assert ModelConfig().precision == "fp32"
+    with pytest.raises(ConfigError, match=r"model\.precision must be fp32 or int8"):
+        ModelConfig(precision="fp16")
