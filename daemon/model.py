@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import time
 import warnings
@@ -166,6 +168,12 @@ class Classifier:
 
 def _quantize_linear(model: torch.nn.Module) -> None:
     """Swap every Linear for a dynamically quantised int8 one, in place (the fp32 weights are freed)."""
+    # The loader maps the safetensors file; a mapping whose tensors are still referenced stays
+    # resident, so quantising alone keeps all fp32 weights in RSS (930 MB vs 600 MB for base).
+    # Copying first lets the mapping go once the Linear weights are replaced.
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.data = t.data.clone()
     with warnings.catch_warnings():
         # torch marks torch.ao quantisation deprecated (moving to torchao); it still works in 2.13.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao\.")
@@ -173,6 +181,16 @@ def _quantize_linear(model: torch.nn.Module) -> None:
         from torch.ao.quantization import quantize_dynamic
 
         quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    _release_freed_memory()
+
+
+def _release_freed_memory() -> None:
+    """Hand the fp32 copies glibc keeps in its heap back to the OS (RSS 890 -> 550 MB for base)."""
+    gc.collect()  # the replaced modules sit in reference cycles until a collection
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused, just not returned
+        log.debug("malloc_trim unavailable; freed model memory stays in the heap")
 
 
 def _load(path: Path, device: torch.device) -> tuple[object, torch.nn.Module]:

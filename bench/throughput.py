@@ -1,0 +1,195 @@
+"""Throughput: `intentd classify`'s code path vs transformers' audio-classification pipeline, one run.
+
+    .venv/bin/python bench/throughput.py [--clips 100] [--block 10] [--variants fp32 int8 fp32-eager ...]
+
+Both run the same wav2vec2-base checkpoint (random init, 14 labels; bench/fixtures.py) on the same
+generated 1-5 s utterances, read through the daemon's front end (`load_clip`). Variants run
+interleaved, block by block, so a neighbour's load hits all of them alike; the reported numbers are
+ratios against the pipeline measured in this run. int8 agreement is also measured on a trained
+checkpoint (models/demo if present, else --trained DIR). Writes bench/out/throughput.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import torch
+from fixtures import OUT_DIR, base_checkpoint, machine_load, utterance_files
+
+from intentd.classify import classify_clips, load_clip
+from intentd.config import DEMO_MODEL_DIR
+from intentd.model import Classifier
+from intentd.resample import MODEL_RATE_HZ
+
+DEFAULT_VARIANTS = ["fp32", "int8", "fp32-eager", "pipeline-1thread", "fp32-1thread", "int8-1thread"]
+MAX_BATCH = 8  # intentd's default model.max_batch
+TRAINED_FALLBACK = OUT_DIR / "models" / "trained-tiny"
+Runner = Callable[[list[np.ndarray]], list[str]]
+
+
+def pipeline_runner(model: Path) -> Runner:
+    """The seed's inference path: one pipeline call per clip, as its docs show."""
+    from transformers import pipeline
+
+    pipe = pipeline("audio-classification", model=str(model), device="cpu")
+
+    def run(clips: list[np.ndarray]) -> list[str]:
+        return [pipe({"raw": c, "sampling_rate": MODEL_RATE_HZ}, top_k=1)[0]["label"] for c in clips]
+
+    return run
+
+
+def classify_runner(model: Path, precision: str = "fp32", attn: str | None = None) -> Runner:
+    """`intentd classify`'s path: Classifier + classify_clips (sorted by length, batches of max_batch)."""
+    clf = Classifier(model, device="cpu", top_k=1, precision=precision)
+    if attn is not None:
+        clf.model.set_attn_implementation(attn)
+    return lambda clips: [p.intent for p in classify_clips(clf, clips, MAX_BATCH)]
+
+
+def with_threads(n: int, run: Runner) -> Runner:
+    """Run with torch's intra-op pool at `n` threads, restoring it afterwards."""
+
+    def wrapped(clips: list[np.ndarray]) -> list[str]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return run(clips)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapped
+
+
+def build_runners(model: Path, variants: list[str]) -> dict[str, Runner]:
+    """The pipeline baseline plus the requested intentd variants."""
+    runners: dict[str, Runner] = {"pipeline": pipeline_runner(model)}
+    for v in variants:
+        if v == "fp32":
+            runners[v] = classify_runner(model)
+        elif v == "int8":
+            runners[v] = classify_runner(model, "int8")
+        elif v == "fp32-eager":
+            runners[v] = classify_runner(model, attn="eager")
+        elif v == "fp32-1thread":
+            runners[v] = with_threads(1, classify_runner(model))
+        elif v == "pipeline-1thread":
+            runners[v] = with_threads(1, pipeline_runner(model))
+        elif v == "int8-1thread":
+            runners[v] = with_threads(1, classify_runner(model, "int8"))
+        else:
+            raise SystemExit(f"unknown variant {v!r}")
+    return runners
+
+
+def timed(runners: dict[str, Runner], clips: list[np.ndarray], block: int) -> dict[str, dict[str, object]]:
+    """Seconds and labels per runner, running the runners in turn on each block of clips."""
+    secs = dict.fromkeys(runners, 0.0)
+    labels: dict[str, list[str]] = {k: [] for k in runners}
+    for run in runners.values():  # warm-up: lazy init, allocator, thread pool
+        run(clips[:1])
+    for start in range(0, len(clips), block):
+        part = clips[start : start + block]
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            labels[name] += run(part)
+            secs[name] += time.perf_counter() - t0
+    return {k: {"seconds": secs[k], "labels": labels[k]} for k in runners}
+
+
+def agreement(a: list[str], b: list[str]) -> float:
+    """Fraction of equal top-1 labels."""
+    return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+
+
+def trained_agreement(model: Path, clips: list[np.ndarray]) -> dict[str, object]:
+    """int8 vs fp32 top-1 agreement (and the fp32 time ratio) on a trained checkpoint."""
+    fp32 = classify_runner(model)
+    int8 = classify_runner(model, "int8")
+    res = timed({"fp32": fp32, "int8": int8}, clips, block=len(clips))
+    a, b = res["fp32"]["labels"], res["int8"]["labels"]
+    return {
+        "model": str(model),
+        "int8_vs_fp32_top1": agreement(a, b),  # type: ignore[arg-type]
+        "int8_speedup": res["fp32"]["seconds"] / res["int8"]["seconds"],  # type: ignore[operator]
+    }
+
+
+def plot(report: dict[str, object], path: Path) -> None:
+    """Bar chart of real-time factor per variant, with the ratio to the pipeline on each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    assert isinstance(rows, dict)
+    names = list(rows)
+    rtf = [rows[n]["rtf"] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bars = ax.bar(names, rtf, color=["grey"] + ["tab:blue"] * (len(names) - 1))
+    for bar, n in zip(bars, names, strict=True):
+        top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
+        ax.annotate(f"{rows[n]['speedup_vs_pipeline']:.2f}x", top, ha="center", va="bottom")
+    load = report["machine"]
+    ax.set_ylabel("real-time factor (lower is faster)")
+    ax.set_title(f"wav2vec2-base, {report['clips']} clips, CPU x{load['cpus']}, load {load['loadavg_1m']}")  # type: ignore[index]
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=100)
+    ap.add_argument("--block", type=int, default=10, help="clips per interleaved block")
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
+    ap.add_argument("--trained", type=Path, default=None, help="trained checkpoint for int8 agreement")
+    ap.add_argument("--out", type=Path, default=OUT_DIR / "throughput.json")
+    args = ap.parse_args()
+    model = base_checkpoint()
+    clips = [load_clip(str(p)) for p in utterance_files(args.clips)]
+    audio_s = sum(len(c) for c in clips) / MODEL_RATE_HZ
+    load_before = machine_load()
+    res = timed(build_runners(model, args.variants), clips, args.block)
+    base_s = res["pipeline"]["seconds"]
+    ref_labels = res["pipeline"]["labels"]
+    results = {}
+    for name, r in res.items():
+        s = r["seconds"]
+        results[name] = {
+            "seconds": round(s, 3),  # type: ignore[arg-type]
+            "utterances_per_s": round(len(clips) / s, 3),  # type: ignore[operator]
+            "rtf": round(s / audio_s, 4),  # type: ignore[operator]
+            "speedup_vs_pipeline": round(base_s / s, 3),  # type: ignore[operator]
+            "top1_agreement_vs_pipeline": agreement(r["labels"], ref_labels),  # type: ignore[arg-type]
+        }
+        print(json.dumps({"variant": name, **results[name]}))
+    trained = args.trained or (DEMO_MODEL_DIR if DEMO_MODEL_DIR.is_dir() else TRAINED_FALLBACK)
+    report: dict[str, object] = {
+        "model": "wav2vec2-base (Wav2Vec2Config() defaults, random init, 14 labels, no attention mask)",
+        "clips": len(clips),
+        "audio_s": round(audio_s, 2),
+        "max_batch": MAX_BATCH,
+        "torch_threads": torch.get_num_threads(),
+        "machine": {"before": load_before, **machine_load()},
+        "results": results,
+    }
+    if trained.is_dir():
+        report["trained_int8"] = trained_agreement(trained, clips)
+        print(json.dumps(report["trained_int8"]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    plot(report, args.out.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
