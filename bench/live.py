@@ -81,12 +81,15 @@ class Collected:
 class Daemon:
     """`intentd run` on the network source, a subscriber thread, and its footprint."""
 
-    def __init__(self, model: Path, precision: str, hangover_ms: int, max_streams: int, tmp: Path) -> None:
+    def __init__(
+        self, model: Path, precision: str, hangover_ms: int, max_streams: int, threads: int, tmp: Path
+    ) -> None:
         self.audio_ep = f"ipc://{tmp}/audio.sock"
         events_ep = f"ipc://{tmp}/events.sock"
         cfg = tmp / "intentd.toml"
         cfg.write_text(
-            f'[model]\nprecision = "{precision}"\n[source]\nnet_max_streams = {max_streams}\n'
+            f'[model]\nprecision = "{precision}"\nthreads = {threads}\n'
+            f"[source]\nnet_max_streams = {max_streams}\n"
             f"[vad]\nhangover_ms = {hangover_ms}\n"
         )
         self.notify = NotifyListener(tmp / "notify.sock")
@@ -263,6 +266,7 @@ def one_case(
     n_streams: int,
     duration_s: float,
     gaps: tuple[float, float],
+    threads: int,
 ) -> dict[str, object]:
     """Start a daemon, stream `n_streams` synthetic streams through it, stop it; the summary."""
     streams = [
@@ -270,13 +274,14 @@ def one_case(
     ]
     with tempfile.TemporaryDirectory(prefix="intentd-bench-") as tmp:
         load = machine_load()
-        daemon = Daemon(model, precision, hangover_ms, max(8, n_streams), Path(tmp))
+        daemon = Daemon(model, precision, hangover_ms, max(8, n_streams), threads, Path(tmp))
         try:
             res = summary(run_streams(daemon, streams), daemon)
         finally:
             daemon.stop()
     case = {
         "precision": precision,
+        "threads": threads,
         "hangover_ms": hangover_ms,
         "streams": n_streams,
         "duration_s": duration_s,
@@ -317,7 +322,7 @@ def plot(command: str, cases: list[dict[str, object]], path: Path) -> None:
         for i, c in enumerate(cases):
             ax.annotate(f"ready {c['ready_s']} s", (i, c["rss_ready_mb"]), ha="center", va="bottom")  # type: ignore[arg-type]
     else:
-        x = [f"{c['precision']}\nh{c['hangover_ms']} n{c['streams']}" for c in cases]
+        x = [f"{c['precision']} t{c['threads']}\nh{c['hangover_ms']} n{c['streams']}" for c in cases]
         for q in ("p50", "p95", "p99"):
             ax.plot(x, [c["latency_ms"]["total_ms"].get(q, np.nan) for c in cases], marker="o", label=q)  # type: ignore[index]
         if command == "latency":
@@ -339,54 +344,32 @@ def main() -> int:
     ap.add_argument("--hangover-ms", type=int, nargs="+", default=[480])
     ap.add_argument("--streams", type=int, nargs="+", default=[4, 8, 12, 16])
     ap.add_argument("--duration-s", type=float, default=None)
+    ap.add_argument("--threads", type=int, nargs="+", default=[0], help="model.threads (0: torch's default)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     model = base_checkpoint()
     cases: list[dict[str, object]] = []
-    if args.command == "latency":
-        for precision in args.precision or ["fp32", "int8"]:
-            for h in args.hangover_ms:
-                cases.append(
-                    one_case(model, precision, h, 1, args.duration_s or 120.0, SPEECH_GAPS_S["latency"])
-                )
-    elif args.command == "capacity":
-        for precision in args.precision or ["int8"]:
-            for n in sorted(args.streams):
-                case = one_case(
-                    model,
-                    precision,
-                    args.hangover_ms[0],
-                    n,
-                    args.duration_s or 60.0,
-                    SPEECH_GAPS_S["capacity"],
-                )
-                case["ok"] = ok_capacity(case)
-                cases.append(case)
-                if not case["ok"]:
-                    break
-    else:
-        for precision in args.precision or ["fp32", "int8"]:
-            cases.append(
-                one_case(
-                    model,
-                    precision,
-                    args.hangover_ms[0],
-                    1,
-                    args.duration_s or 10.0,
-                    SPEECH_GAPS_S["latency"],
-                )
-            )
+    duration_s = args.duration_s or {"latency": 120.0, "capacity": 60.0, "footprint": 10.0}[args.command]
+    gaps = SPEECH_GAPS_S["capacity" if args.command == "capacity" else "latency"]
+    for precision in args.precision or (["int8"] if args.command == "capacity" else ["fp32", "int8"]):
+        for threads in args.threads:
+            for h in args.hangover_ms if args.command == "latency" else args.hangover_ms[:1]:
+                for n in sorted(args.streams) if args.command == "capacity" else [1]:
+                    case = one_case(model, precision, h, n, duration_s, gaps, threads)
+                    cases.append(case)
+                    if args.command == "capacity":
+                        case["ok"] = ok_capacity(case)
+                        if not case["ok"]:
+                            break
     out = args.out or OUT_DIR / f"{args.command}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, object] = {"command": args.command, "machine_end": machine_load(), "cases": cases}
     if args.command == "capacity":
-        report["max_streams_ok"] = {
-            str(c["precision"]): max(
-                int(d["streams"]) for d in cases if d["ok"] and d["precision"] == c["precision"]
-            )
-            for c in cases
-            if c["ok"]
-        }
+        best: dict[str, int] = {}
+        for c in cases:
+            key = f"{c['precision']}/threads={c['threads']}"
+            best[key] = max(best.get(key, 0), int(c["streams"]) if c["ok"] else 0)  # type: ignore[call-overload]
+        report["max_streams_ok"] = best
     out.write_text(json.dumps(report, indent=1))
     plot(args.command, cases, out.with_suffix(".png"))
     return 0
