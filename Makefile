@@ -33,7 +33,7 @@ demo: setup
 	$(VENV)/bin/intentd demo
 
 test: setup lint
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q --durations=10
 
 lint: setup
 	$(VENV)/bin/ruff check daemon training clients tests bench
