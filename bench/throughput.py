@@ -142,7 +142,8 @@ def plot(report: dict[str, object], path: Path) -> None:
     names = list(rows)
     rtf = [rows[n]["rtf"] for n in names]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    bars = ax.bar(names, rtf, color=["grey"] + ["tab:blue"] * (len(names) - 1))
+    bars = ax.bar(names, rtf, color=["grey" if n.startswith("pipeline") else "tab:blue" for n in names])
+    ax.tick_params(axis="x", labelrotation=25, labelsize=8)
     for bar, n in zip(bars, names, strict=True):
         top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
         ax.annotate(f"{rows[n]['speedup_vs_pipeline']:.2f}x", top, ha="center", va="bottom")
