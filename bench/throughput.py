@@ -161,7 +161,10 @@ def main() -> int:
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     ap.add_argument("--trained", type=Path, default=None, help="trained checkpoint for int8 agreement")
     ap.add_argument("--out", type=Path, default=OUT_DIR / "throughput.json")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for the whole run (0: default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = base_checkpoint()
     clips = [load_clip(str(p)) for p in utterance_files(args.clips)]
     audio_s = sum(len(c) for c in clips) / MODEL_RATE_HZ
