@@ -72,6 +72,9 @@ def _from_scratch(config: TrainConfig, names: list[str]) -> tuple[Any, Any]:
         feat_extract_norm="layer",
         do_stable_layer_norm=True,
         layerdrop=0.0,
+        # The classifier also sees the conv features directly (layer 0): a from-scratch
+        # transformer sits at chance for epochs, the CNN path gives it a signal from step one.
+        use_weighted_layer_sum=True,
         mask_time_prob=config.mask_time_prob,
         mask_time_length=MASK_TIME_LENGTH,
         mask_feature_prob=config.mask_feature_prob,

@@ -79,6 +79,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--mask-time-prob", type=float, help="SpecAugment time masking (default 0.05)")
     p.add_argument("--mask-feature-prob", type=float, help="SpecAugment channel masking (default 0)")
+    p.add_argument(
+        "--time-budget-min",
+        type=float,
+        help="stop after this many minutes of training; the learning rate decays over the "
+        "budget instead of the epochs (then --epochs is only an upper bound)",
+    )
     p.add_argument("--test-fraction", type=float, help="share of clips held out (default 0.2)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--push-to-hub", action="store_true", help="upload the result (needs a login)")
@@ -122,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "mask_time_prob": args.mask_time_prob,
         "mask_feature_prob": args.mask_feature_prob,
         "test_fraction": args.test_fraction,
+        "time_budget_min": args.time_budget_min,
         "num_threads": args.threads,
         "hub_model_id": args.hub_model_id,
     }
@@ -150,6 +157,8 @@ def _validate(c: TrainConfig) -> None:
         raise IntentdError("--epochs, --lr and --batch-size must be positive")
     if not 0.0 < c.max_length_s <= 60.0:
         raise IntentdError(f"--max-length-s {c.max_length_s} must be in (0, 60]")
+    if c.time_budget_min is not None and c.time_budget_min <= 0:
+        raise IntentdError(f"--time-budget-min {c.time_budget_min} must be positive")
     if not 0.0 < c.test_fraction < 1.0:
         raise IntentdError(f"--test-fraction {c.test_fraction} must be between 0 and 1")
     if not (0.0 <= c.mask_time_prob < 1.0 and 0.0 <= c.mask_feature_prob < 1.0):
@@ -228,6 +237,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
+    optimizers: tuple[Any, Any] = (None, None)
+    callbacks = []
+    if config.time_budget_min is not None:
+        from intentd_train.budget import TimeBudget
+
+        budget = TimeBudget(config.time_budget_min * 60.0, config.warmup_ratio)
+        optimizers = budget.optimizers(model, config.learning_rate, config.weight_decay)
+        callbacks.append(budget)
     trainer = Trainer(
         model=model,
         args=args,
@@ -236,6 +253,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         data_collator=collator,
         processing_class=extractor,
         compute_metrics=_accuracy_fn(),
+        optimizers=optimizers,
+        callbacks=callbacks,
     )
     t0 = time.monotonic()
     trainer.train()
@@ -243,6 +262,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(config.output_dir))
+    # A pickle of the TrainingArguments; metrics.json records the config in plain JSON.
+    (config.output_dir / "training_args.bin").unlink(missing_ok=True)
     evaluations = {"test": _predict(trainer, test_ds)}
     for name, ds in parts.diagnostics.items():
         decoded = data.decode(ds, config.max_length_s, f"decoding {name} clips")
