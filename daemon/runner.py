@@ -32,7 +32,7 @@ from intentd import metrics
 from intentd.audio import Chunk
 from intentd.config import Config
 from intentd.errors import AudioDeviceError, IntentdError
-from intentd.model import Classifier
+from intentd.model import Classifier, batch_groups
 from intentd.notify import Notifier, WatchdogGate
 from intentd.publisher import Publisher, Result
 from intentd.resample import MODEL_RATE_HZ, resample
@@ -364,6 +364,13 @@ class Pipeline:
         return batch
 
     def _run_batch(self, batch: list[Job]) -> None:
+        groups = batch_groups([j.samples.size for j in batch], self.classifier.pads_with_mask)
+        if len(groups) > 1:
+            # The model runs one forward pass per group anyway: publish each group as it finishes
+            # instead of holding every result until the last pass.
+            for group in groups:
+                self._run_batch([batch[i] for i in group])
+            return
         started = time.monotonic()
         self.gate.mark_batch_started(started)
         try:

@@ -54,8 +54,7 @@ def test_one_failing_input_costs_only_itself(picky_model: Path, tmp_path: Path) 
     assert stats["segments"] == 3
     assert len(events) == 2, "both long utterances are published even if batched with the bad one"
     assert [round(e.start_s) for e in events] == [round(rec.spans_s[0][0]), round(rec.spans_s[2][0])]
-    assert stats["worker_errors"] == 1 and stats["segments_failed"] == 1
-    assert stats["batch_size_max"] == 1  # the failed batch was retried one at a time
+    assert (stats["worker_errors"], stats["segments_failed"]) == (1, 1), stats
     assert pipe.error is None
 
 
