@@ -33,17 +33,24 @@ REQUESTS = (
 )
 
 
-def build_recording(path: Path, seed: int = 0) -> list[tuple[str, str]]:
-    """Write the demo stream (48 kHz, quiet noise, gaps of silence); returns (intent, text) pairs."""
+def build_recording(path: Path, seed: int = 0) -> list[tuple[str, str, float, float]]:
+    """Write the demo stream (48 kHz, quiet noise, gaps of silence); (intent, text, start_s, end_s) each."""
     parts = [np.zeros(int(0.5 * DEMO_RATE_HZ), np.float32)]
+    spans: list[tuple[float, float]] = []
+    pos = parts[0].size
     for _intent, text, voice in REQUESTS:
         samples, rate = speak(text, voice=voice)
-        parts += [resample(samples, rate, DEMO_RATE_HZ), np.zeros(int(GAP_S * DEMO_RATE_HZ), np.float32)]
+        speech = resample(samples, rate, DEMO_RATE_HZ)
+        spans.append((pos / DEMO_RATE_HZ, (pos + speech.size) / DEMO_RATE_HZ))
+        parts += [speech, np.zeros(int(GAP_S * DEMO_RATE_HZ), np.float32)]
+        pos += speech.size + int(GAP_S * DEMO_RATE_HZ)
     audio = np.concatenate(parts)
     rng = np.random.default_rng(seed)
     audio += (10 ** (NOISE_DBFS / 20) * rng.standard_normal(audio.size)).astype(np.float32)
     sf.write(str(path), np.clip(audio, -1, 1), DEMO_RATE_HZ, subtype="PCM_16")
-    return [(intent, text) for intent, text, _ in REQUESTS]
+    return [
+        (intent, text, start, end) for (intent, text, _), (start, end) in zip(REQUESTS, spans, strict=True)
+    ]
 
 
 def run_demo(cfg: Config, classifier: Classifier) -> int:
@@ -60,8 +67,9 @@ def run_demo(cfg: Config, classifier: Classifier) -> int:
         pipe.wait()
     print(f"model: {classifier.path}")
     right = 0
-    for i, ev in enumerate(events):
-        want, text = expected[i] if i < len(expected) else ("-", "-")
+    for ev in events:
+        said = [(w, t) for w, t, start, end in expected if ev.start_s < end and ev.end_s > start]
+        want, text = said[0] if said else ("-", "(no utterance here)")
         ok = ev.intent == want
         right += ok
         print(

@@ -364,53 +364,64 @@ class Pipeline:
         return batch
 
     def _run_batch(self, batch: list[Job]) -> None:
+        """Classify a batch, one model pass per length group, publishing in arrival order.
+
+        Each group's results go out as soon as every earlier job of the batch is done, so a
+        no-mask checkpoint (one pass per length) does not hold all results until its last pass.
+        """
         groups = batch_groups([j.samples.size for j in batch], self.classifier.pads_with_mask)
-        if len(groups) > 1:
-            # The model runs one forward pass per group anyway: publish each group as it finishes
-            # instead of holding every result until the last pass.
-            for group in groups:
-                self._run_batch([batch[i] for i in group])
-            return
+        done: dict[int, Result | None] = {}
+        released = 0
+        for group in sorted(groups, key=min):
+            for i, r in zip(group, self._classify([batch[i] for i in group]), strict=True):
+                done[i] = r
+            while released in done:
+                r = done.pop(released)
+                if r is not None:
+                    self._results.put(r)
+                released += 1
+
+    def _classify(self, jobs: list[Job]) -> list[Result | None]:
+        """One model pass; None for a job whose input made the model fail."""
         started = time.monotonic()
+        clf = self.classifier  # a reload may swap it meanwhile; this pass uses one model
         self.gate.mark_batch_started(started)
         try:
-            preds = self.classifier.classify([j.samples for j in batch])
+            preds = clf.classify([j.samples for j in jobs])
         except Exception:  # one bad batch must not take the daemon down; counted and logged
-            if len(batch) > 1:
+            if len(jobs) > 1:
                 # One bad input must not cost its batch-mates: retry each alone, lose only it.
-                log.warning("worker: batch of %d failed; retrying one at a time", len(batch))
-                for job in batch:
-                    self._run_batch([job])
-                return
-            log.exception("worker: batch of %d failed", len(batch))
+                log.warning("worker: batch of %d failed; retrying one at a time", len(jobs))
+                return [r for job in jobs for r in self._classify([job])]
+            log.exception("worker: batch of %d failed", len(jobs))
             self.counters.add("worker_errors")
-            self.counters.add("segments_failed", len(batch))
+            self.counters.add("segments_failed", len(jobs))
             self._failed_batches_in_a_row += 1
-            return
+            return [None]
         finally:
             self.gate.mark_batch_done()
         self._failed_batches_in_a_row = 0
         self.counters.add("batches")
-        self.counters.max("batch_size_max", len(batch))
-        self.batch_sizes.observe(len(batch))
+        self.counters.max("batch_size_max", len(jobs))
+        self.batch_sizes.observe(len(jobs))
         for p in preds:
             self.inference_s.observe(p.inference_ms / 1000.0)
-        for job, p in zip(batch, preds, strict=True):
-            self._results.put(
-                Result(
-                    source=job.source,
-                    intent=p.intent,
-                    score=p.score,
-                    top_k=p.top_k,
-                    start_s=job.start_s,
-                    end_s=job.end_s,
-                    queued_at=job.queued_at,
-                    speech_end_at=job.queued_at,
-                    queue_ms=(started - job.queued_at) * 1000.0,
-                    inference_ms=p.inference_ms,
-                    model=self.classifier.name,
-                )
+        return [
+            Result(
+                source=job.source,
+                intent=p.intent,
+                score=p.score,
+                top_k=p.top_k,
+                start_s=job.start_s,
+                end_s=job.end_s,
+                queued_at=job.queued_at,
+                speech_end_at=job.queued_at,
+                queue_ms=(started - job.queued_at) * 1000.0,
+                inference_ms=p.inference_ms,
+                model=clf.name,
             )
+            for job, p in zip(jobs, preds, strict=True)
+        ]
 
     # --- publish thread -------------------------------------------------------------------------
     def _publish_loop(self) -> None:

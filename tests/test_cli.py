@@ -38,6 +38,7 @@ def test_replay_gives_one_event_per_utterance(tiny_model: Path, tmp_path: Path, 
         assert abs(ev["start_s"] - start) <= 0.3 and abs(ev["end_s"] - end) <= 0.3
         assert len(ev["top_k"]) == 3 and ev["model"] == tiny_model.name
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    assert [e["start_s"] for e in events] == sorted(e["start_s"] for e in events), "published in order"
     assert len({e["run_id"] for e in events}) == 1
 
 
