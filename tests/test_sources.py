@@ -257,3 +257,31 @@ def test_mic_reports_a_stream_that_stops_by_itself(tmp_path: Path):
     finally:
         source.close()
         sd._initialize()
+
+
+def test_a_stalled_consumer_loses_the_oldest_audio_counted_and_recovers(tmp_path: Path):
+    """Overload policy: a bounded capture queue drops its oldest blocks, counts them, and resumes live."""
+    speech_device(tmp_path, rate_hz=16000, channels=1)
+    source = MicSource("intentd_test_mic", blocksize_ms=20, queue_max_chunks=10)
+    source.open()
+    try:
+        time.sleep(1.5)  # the pipeline behind the source is too slow: nobody reads for 75 blocks
+        backlog = []
+        while (c := source.read(0.0)) is not None:
+            backlog.append(c)
+        stalled = source.stats()
+        # Memory stays at the bound, the loss is counted, and what is kept is the newest audio.
+        assert len(backlog) <= 10
+        assert stalled["queue_drops"] >= 40
+        newest_end = backlog[-1].start_sample + backlog[-1].samples.size
+        assert newest_end >= stalled["frames_captured"] - 2 * 320
+        assert backlog[0].start_sample >= 16000  # the first second was dropped, not kept
+        # Once the consumer keeps up again, loss stops (the file device may still deliver one
+        # burst of a few blocks at once right after the stall).
+        capture(source, 16000)
+        mid = source.stats()["queue_drops"]
+        assert mid - stalled["queue_drops"] <= 3
+        capture(source, 16000)
+        assert source.stats()["queue_drops"] == mid
+    finally:
+        source.close()
