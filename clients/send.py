@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -142,6 +144,20 @@ def _soundfile() -> Any:
     return soundfile
 
 
+def _check_regular_file(path: str) -> None:
+    """Refuse what libsndfile would block on or misreport: pipes, devices, folders, missing paths."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SendError(f"{path}: no such file") from None
+    except OSError as e:
+        raise SendError(f"{path}: cannot open ({e.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise SendError(f"{path}: is a directory, not an audio file")
+    if not stat.S_ISREG(mode):
+        raise SendError(f"{path}: is not a regular file (a pipe or device); give an audio file")
+
+
 class Sender:
     """Owns the DEALER socket to the daemon's network source; sends one stream at a time."""
 
@@ -173,6 +189,7 @@ class Sender:
     def send_file(self, path: str, realtime: bool, chunk_ms: float) -> Stream:
         """Stream one file: start, chunks read block by block, end; returns once the daemon closed it."""
         sf = _soundfile()
+        _check_regular_file(path)
         try:
             f = sf.SoundFile(path)
         except (sf.LibsndfileError, RuntimeError, OSError) as e:

@@ -303,3 +303,23 @@ def test_replay_an_hour_of_silence(hour_wav: Path, tiny_model: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
     print(f"replay of an hour of silence took {time.monotonic() - started:.1f} s")
+
+
+def test_send_refuses_every_broken_file_with_one_line_each(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """`intentd send` (its own reader, in the client package) on the broken files, no daemon needed.
+
+    Files refused at open fail before any network traffic; the rest would need a daemon's answer
+    and fail on the 1 s timeout instead: one line each either way, never a hang.
+    """
+    bad = [e for e in CORPUS if e.outcome == "error" and "\n" not in e.name]
+    paths = [corpus[e.name] for e in bad]
+    to = f"ipc://{tmp_path}/no-daemon.sock"
+    r = subprocess.run(
+        [str(INTENTD), "send", *map(str, paths), "--to", to, "--timeout", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    for path in paths:
+        lines = [x for x in r.stderr.splitlines() if f"{path}:" in x]
+        assert len(lines) == 1, (path, r.stderr)
