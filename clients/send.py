@@ -144,6 +144,11 @@ def _soundfile() -> Any:
     return soundfile
 
 
+def one_line(text: str) -> str:
+    """Escape control characters (a newline in a file name) so an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _check_regular_file(path: str) -> None:
     """Refuse what libsndfile would block on or misreport: pipes, devices, folders, missing paths."""
     try:
@@ -361,7 +366,7 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
                 try:
                     sent.append(sender.send_file(path, args.realtime, args.chunk_ms))
                 except SendError as e:
-                    print(f"intentd send: {e}", file=sys.stderr, flush=True)
+                    print(f"intentd send: {one_line(str(e))}", file=sys.stderr, flush=True)
                     failed = True
                     # A stream that ended despite refused chunks still has events to wait for.
                     sent.extend(s for s in sender.streams.values() if s.path == path and s.closed)
@@ -376,7 +381,7 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
                 )
                 failed = True
     except SendError as e:
-        print(f"intentd send: {e}", file=sys.stderr, flush=True)
+        print(f"intentd send: {one_line(str(e))}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
