@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import secrets
-import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -33,6 +31,7 @@ from intentd_client.audio_protocol import (
     StreamStart,
     decode_ack,
 )
+from intentd_client.files import FileRefused, open_regular_file, shown
 from intentd_client.keys import ClientKeys, KeyFileError, add_key_arguments, keys_from_args
 from intentd_client.protocol import Heartbeat, IntentEvent
 from intentd_client.subscriber import Restart, Subscriber
@@ -144,25 +143,6 @@ def _soundfile() -> Any:
     return soundfile
 
 
-def one_line(text: str) -> str:
-    """Escape control characters (a newline in a file name) so an error stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _check_regular_file(path: str) -> None:
-    """Refuse what libsndfile would block on or misreport: pipes, devices, folders, missing paths."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise SendError(f"{path}: no such file") from None
-    except OSError as e:
-        raise SendError(f"{path}: cannot open ({e.strerror})") from None
-    if stat.S_ISDIR(mode):
-        raise SendError(f"{path}: is a directory, not an audio file")
-    if not stat.S_ISREG(mode):
-        raise SendError(f"{path}: is not a regular file (a pipe or device); give an audio file")
-
-
 class Sender:
     """Owns the DEALER socket to the daemon's network source; sends one stream at a time."""
 
@@ -194,9 +174,12 @@ class Sender:
     def send_file(self, path: str, realtime: bool, chunk_ms: float) -> Stream:
         """Stream one file: start, chunks read block by block, end; returns once the daemon closed it."""
         sf = _soundfile()
-        _check_regular_file(path)
         try:
-            f = sf.SoundFile(path)
+            fd = open_regular_file(path)
+        except FileRefused as e:
+            raise SendError(str(e)) from None
+        try:
+            f = sf.SoundFile(fd, closefd=True)  # libsndfile closes fd itself when this fails
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
             raise SendError(f"{path}: not a readable audio file ({e})") from None
         with f:
@@ -366,7 +349,7 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
                 try:
                     sent.append(sender.send_file(path, args.realtime, args.chunk_ms))
                 except SendError as e:
-                    print(f"intentd send: {one_line(str(e))}", file=sys.stderr, flush=True)
+                    print(f"intentd send: {shown(str(e))}", file=sys.stderr, flush=True)
                     failed = True
                     # A stream that ended despite refused chunks still has events to wait for.
                     sent.extend(s for s in sender.streams.values() if s.path == path and s.closed)
@@ -381,7 +364,7 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
                 )
                 failed = True
     except SendError as e:
-        print(f"intentd send: {one_line(str(e))}", file=sys.stderr, flush=True)
+        print(f"intentd send: {shown(str(e))}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import numpy as np
 import soundfile as sf
 
 from intentd.errors import AudioFileError
+from intentd_client.files import FileRefused, open_regular_file, shown
 
 log = logging.getLogger(__name__)
 
@@ -64,33 +63,13 @@ def check_rate(rate_hz: int, what: str) -> None:
         )
 
 
-def shown(path: str | Path) -> str:
-    """A path fit for a one-line message: control characters (a newline in a name) escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
-
-
 def open_wav(path: str | Path) -> sf.SoundFile:
     """Open an audio file soundfile reads, with one clear error when it cannot."""
-    p = Path(path)
-    name = shown(p)
+    name = shown(path)
     try:
-        # O_NONBLOCK: opening a named pipe with no writer must fail below, not hang here.
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError as e:
-        raise AudioFileError(f"{name}: no such file") from e
-    except OSError as e:
-        raise AudioFileError(f"{name}: cannot open ({e.strerror})") from e
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise AudioFileError(f"{name}: is a directory, not an audio file")
-        if not stat.S_ISREG(st.st_mode):
-            # A pipe or device has no end a replay can reach, and may block forever.
-            raise AudioFileError(f"{name}: is not a regular file (a pipe or device); give an audio file")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
+        fd = open_regular_file(path)
+    except FileRefused as e:
+        raise AudioFileError(str(e)) from e
     try:
         # The descriptor, not the path, so what was checked above is what gets decoded.
         f = sf.SoundFile(fd, closefd=True)  # libsndfile closes fd itself when this fails

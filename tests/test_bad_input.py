@@ -27,7 +27,6 @@ from intentd.audio import MAX_RATE_HZ, MIN_RATE_HZ, read_wav
 from intentd.errors import AudioFileError
 from intentd.sources import EndOfStream, WavSource
 from intentd.vad import Segmenter, VadConfig
-from intentd_client.send import one_line
 
 # In-process reads of the corpus (none over 2 s of audio) finish at once; this only catches a hang.
 READ_DEADLINE_S = 5.0
@@ -325,5 +324,5 @@ def test_send_refuses_every_broken_file_with_one_line_each(corpus: dict[str, Pat
     ours = [x for x in r.stderr.splitlines() if x.startswith("intentd send: ")]
     assert len(ours) == len(paths), r.stderr
     for path in paths:
-        lines = [x for x in ours if f"{one_line(str(path))}:" in x]
+        lines = [x for x in ours if f"{shown(path)}:" in x]
         assert len(lines) == 1, (path, r.stderr)
