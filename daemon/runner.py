@@ -415,7 +415,6 @@ class Pipeline:
                 start_s=job.start_s,
                 end_s=job.end_s,
                 queued_at=job.queued_at,
-                speech_end_at=job.queued_at,
                 queue_ms=(started - job.queued_at) * 1000.0,
                 inference_ms=p.inference_ms,
                 model=clf.name,
