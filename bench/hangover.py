@@ -22,7 +22,7 @@ from segmentation import score
 from streams import build_stream
 
 from intentd.resample import MODEL_RATE_HZ
-from intentd.vad import Segmenter, VadConfig
+from intentd.vad import Segmenter, VadConfig, final_segments
 
 CHUNK_MS = 20
 
@@ -47,7 +47,7 @@ def main() -> int:
                 for i in range(0, st.samples.size, step):
                     out += seg.process(st.samples[i : i + step])
                 out += seg.flush()
-                for k, v in score(st.spans_s, [(s.start_s, s.end_s) for s in out]).items():
+                for k, v in score(st.spans_s, [(s.start_s, s.end_s) for s in final_segments(out)]).items():
                     total[k] = total.get(k, 0) + v
             r = {"snr_db": snr, "hangover_ms": h, **total}
             results.append(r)

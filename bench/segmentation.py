@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from streams import Stream, build_stream
 
-from intentd.vad import Segmenter, VadConfig
+from intentd.vad import Segmenter, VadConfig, final_segments
 
 CHUNK_MS = 20
 INTENTD = Path(sys.executable).parent / "intentd"
@@ -60,7 +60,7 @@ def segment_in_process(st: Stream) -> list[dict[str, float]]:
     for i in range(0, st.samples.size, step):
         out += seg.process(st.samples[i : i + step])
     out += seg.flush()
-    return [{"start_s": s.start_s, "end_s": s.end_s} for s in out]
+    return [{"start_s": s.start_s, "end_s": s.end_s} for s in final_segments(out)]
 
 
 def replay(st: Stream, model: str | None) -> list[dict[str, float]]:

@@ -42,17 +42,17 @@ SERVER_JOIN_TIMEOUT_S = 2.0
 GAUGES = frozenset({"queue_depth", "segment_queue_depth", "sources_down", "batch_size_max"})
 GAUGE_SUFFIXES = ("_depth", "_open", "_max", "_down")
 # Shown on every scrape, also before the first event (0), so dashboards and alerts never see
-# a missing series: the ones issue #5 asks for, with their help text.
+# a missing series: the ones issues #5 and #6 ask for, with their help text.
 ALWAYS: dict[str, str] = {
     "frames_captured": "Audio frames captured, summed over sources (each at its own rate).",
     "input_overflows": "Capture blocks the audio device reported as overflowed (audio lost in the driver).",
     "queue_drops": "Captured blocks dropped, oldest first, because the audio queue was full.",
     "queue_depth": "Captured blocks waiting in the sources' audio queues.",
-    "segments": "Utterances cut by the VAD segmenter and queued for the model.",
+    "segments": "Utterances cut by the VAD segmenter (and queued for the model, unless speculated).",
     "segment_queue_depth": "Segments waiting for the model worker.",
     "batches": "Batches the model classified.",
     "events": "Intent events published.",
-    "worker_errors": "Batches the model failed on (their segments are counted in segments_failed).",
+    "worker_errors": "Batches the model failed on (their cut segments are counted in segments_failed).",
     "segments_failed": "Segments lost to a failed batch.",
     "device_lost": "Times a capture device was lost.",
     "device_reopens": "Times a lost capture device was reopened.",
@@ -60,6 +60,8 @@ ALWAYS: dict[str, str] = {
     "reloads": "Successful model reloads (SIGHUP).",
     "reload_failures": "Model reloads refused because the new model failed to load or warm up.",
     "net_frames_rejected": "Network audio frames rejected (bad framing, unknown stream, ...).",
+    "speculations": "Tentative segments queued for the model before the hangover confirmed them.",
+    "speculations_discarded": "Speculations withdrawn because speech resumed; never published.",
 }
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_]")
 

@@ -41,7 +41,7 @@ class Result:
     top_k: tuple[tuple[str, float], ...]
     start_s: float
     end_s: float
-    queued_at: float  # time.monotonic() when the segment was cut and entered the worker queue
+    cut_at: float  # time.monotonic() when the segmenter cut the utterance (latency_ms.total runs from here)
     queue_ms: float
     inference_ms: float
     model: str
@@ -100,7 +100,7 @@ class Publisher:
             latency_ms=Latency(
                 queue=round(r.queue_ms, 2),
                 inference=round(r.inference_ms, 2),
-                total=round((now - r.queued_at) * 1000.0, 2),
+                total=round((now - r.cut_at) * 1000.0, 2),
             ),
             model=r.model,
         )

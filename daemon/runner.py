@@ -8,6 +8,12 @@ audio thread falls behind (counted as the source's `queue_drops`). Once the segm
 segment it is never dropped: a full `jobs` queue blocks the audio thread (back-pressure onto the
 source queue), so every accepted segment is classified and published, also on shutdown.
 
+Speculation (`vad.speculative`). A Tentative segment is queued like a cut one, its result held by
+speculation.Speculations until the segmenter confirms it (then published at once) or withdraws it
+(never published; the worker skips it if it has not started). The audio thread answers every
+Tentative before anything later of its stream, so per-source order holds, and a segment counts in
+`segments` (and must end in `events` or `segments_failed`) only once it is confirmed.
+
 With `[metrics] port` set, `Pipeline.start` also starts prometheus_client's HTTP server thread
 (metrics.serve, loopback by default); it reads `stats()` per scrape and stops after `supervise`.
 
@@ -38,7 +44,8 @@ from intentd.publisher import Publisher, Result
 from intentd.resample import MODEL_RATE_HZ, resample
 from intentd.security import CurveServer
 from intentd.sources import EndOfStream, Source
-from intentd.vad import Segment, Segmenter
+from intentd.speculation import Speculation, Speculations
+from intentd.vad import Segment, Segmenter, SegmenterOutput, Tentative, Withdrawn
 from intentd_client.protocol import IntentEvent
 
 log = logging.getLogger(__name__)
@@ -54,13 +61,14 @@ RECOVER_MAX_BACKOFF_S = 5.0
 
 @dataclass(frozen=True)
 class Job:
-    """A cut utterance, resampled to 16 kHz, waiting for the worker."""
+    """A cut (or tentative) utterance, resampled to 16 kHz, waiting for the worker."""
 
     samples: np.ndarray
     source: str
     start_s: float
     end_s: float
     queued_at: float
+    speculation: Speculation | None = None  # set for a Tentative segment
 
 
 class Counters:
@@ -112,6 +120,7 @@ class Pipeline:
         self.error: IntentdError | None = None
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=config.queues.segment_max)
         self._results: queue.Queue[Result] = queue.Queue()
+        self.speculations = Speculations(self._release)
         self._audio_running = len(self.sources)
         self._audio_lock = threading.Lock()
         self._audio_done = threading.Event()
@@ -227,7 +236,7 @@ class Pipeline:
 
     def stats(self) -> dict[str, float]:
         """Counters of every stage, as carried in heartbeats (source counters summed over sources)."""
-        s = self.counters.snapshot()
+        s = self.counters.snapshot() | self.speculations.stats()
         for src in self.sources:
             for k, v in src.stats().items():
                 s[k] = s.get(k, 0.0) + float(v)
@@ -268,17 +277,17 @@ class Pipeline:
         seg = segmenters.get(chunk.source)
         if seg is None:
             seg = segmenters[chunk.source] = Segmenter(self.config.vad, chunk.rate_hz, source=chunk.source)
-        for s in seg.process(chunk.samples):
-            self._enqueue(s)
+        for out in seg.process(chunk.samples):
+            self._route(out)
         if chunk.final:
-            for s in segmenters.pop(chunk.source).flush():
-                self._enqueue(s)
+            for out in segmenters.pop(chunk.source).flush():
+                self._route(out)
 
     def _cut_all(self, segmenters: dict[str, Segmenter]) -> None:
         """End every stream in progress: what was heard so far is still classified."""
         for seg in segmenters.values():
-            for s in seg.flush():
-                self._enqueue(s)
+            for out in seg.flush():
+                self._route(out)
         segmenters.clear()
 
     def _recover(self, source: Source, error: AudioDeviceError) -> bool:
@@ -319,15 +328,26 @@ class Pipeline:
             self.error = error
         self.stop_event.set()
 
-    def _enqueue(self, seg: Segment) -> None:
+    def _route(self, out: SegmenterOutput) -> None:
+        """Start or drop a speculation, or count a cut segment and queue it unless it was speculated."""
+        if isinstance(out, Tentative):
+            self._enqueue(out.segment, self.speculations.start(out.segment))
+        elif isinstance(out, Withdrawn):
+            self.speculations.withdraw(out.segment)
+        else:
+            self.counters.add("segments")
+            if not self.speculations.confirm(out, time.monotonic()):
+                self._enqueue(out)
+
+    def _enqueue(self, seg: Segment, speculation: Speculation | None = None) -> None:
         job = Job(
             samples=resample(seg.samples, seg.rate_hz, MODEL_RATE_HZ),
             source=seg.source,
             start_s=seg.start_s,
             end_s=seg.end_s,
             queued_at=time.monotonic(),
+            speculation=speculation,
         )
-        self.counters.add("segments")
         while True:
             try:
                 self._jobs.put(job, timeout=POLL_S)
@@ -369,6 +389,7 @@ class Pipeline:
         Each group's results go out as soon as every earlier job of the batch is done, so a
         no-mask checkpoint (one pass per length) does not hold all results until its last pass.
         """
+        batch = [j for j in batch if j.speculation is None or self.speculations.wanted(j.speculation)]
         groups = batch_groups([j.samples.size for j in batch], self.classifier.pads_with_mask)
         done: dict[int, Result | None] = {}
         released = 0
@@ -376,10 +397,19 @@ class Pipeline:
             for i, r in zip(group, self._classify([batch[i] for i in group]), strict=True):
                 done[i] = r
             while released in done:
-                r = done.pop(released)
-                if r is not None:
-                    self._results.put(r)
+                spec = batch[released].speculation
+                if spec is None:
+                    self._release(done.pop(released))
+                else:
+                    self.speculations.finish(spec, done.pop(released))
                 released += 1
+
+    def _release(self, r: Result | None) -> None:
+        """Hand a cut segment's outcome to the publisher; None: the model failed on it."""
+        if r is None:
+            self.counters.add("segments_failed")
+        else:
+            self._results.put(r)
 
     def _classify(self, jobs: list[Job]) -> list[Result | None]:
         """One model pass; None for a job whose input made the model fail."""
@@ -395,7 +425,6 @@ class Pipeline:
                 return [r for job in jobs for r in self._classify([job])]
             log.exception("worker: batch of %d failed", len(jobs))
             self.counters.add("worker_errors")
-            self.counters.add("segments_failed", len(jobs))
             self._failed_batches_in_a_row += 1
             return [None]
         finally:
@@ -414,7 +443,7 @@ class Pipeline:
                 top_k=p.top_k,
                 start_s=job.start_s,
                 end_s=job.end_s,
-                queued_at=job.queued_at,
+                cut_at=job.queued_at,  # a speculation's is set when the segmenter confirms it
                 queue_ms=(started - job.queued_at) * 1000.0,
                 inference_ms=p.inference_ms,
                 model=clf.name,

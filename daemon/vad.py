@@ -1,4 +1,11 @@
-"""Voice-activity segmenter: cuts a stream of source-rate audio into utterances with webrtcvad."""
+"""Voice-activity segmenter: cuts a stream of source-rate audio into utterances with webrtcvad.
+
+With `speculative` on, the segmenter also says early what it is about to cut: once a pause has
+lasted `tail_ms`, every sample of the segment it would close is known, so it emits a `Tentative`
+with that segment. What follows for the source is exactly one of: the same `Segment` (the
+hangover confirmed it) or a `Withdrawn` (speech resumed first). The final segments are the same
+with speculation on or off; the runner uses the head start to classify during the hangover.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ class VadConfig:
     tail_ms: int = 120  # audio kept after the last voiced frame (taken from the hangover)
     min_speech_ms: int = 250  # segments with less speech (first to last voiced frame) are dropped
     max_segment_s: float = 10.0  # longer speech is cut into pieces of at most this length
+    speculative: bool = True  # emit Tentative/Withdrawn outputs as well (see the module docstring)
 
     def __post_init__(self) -> None:
         if not _is_int(self.aggressiveness) or not 0 <= self.aggressiveness <= MAX_AGGRESSIVENESS:
@@ -52,6 +60,8 @@ class VadConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise ConfigError(f"vad.{name} must be a whole number >= 0, got {value!r}")
+        if not isinstance(self.speculative, bool):
+            raise ConfigError(f"vad.speculative must be true or false, got {self.speculative!r}")
         if self.tail_ms > self.hangover_ms:
             raise ConfigError(
                 f"vad.tail_ms ({self.tail_ms}) must not exceed vad.hangover_ms ({self.hangover_ms})"
@@ -91,6 +101,28 @@ class Segment:
     end_of_speech_s: float  # end of the last voiced frame, where the hangover began
     source: str
     forced: bool  # cut because it reached max_segment_s while speech went on
+
+
+@dataclass(frozen=True)
+class Tentative:
+    """The segment a pause will close unless speech resumes, emitted when its tail is complete."""
+
+    segment: Segment  # the very object the confirming output will be
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    """Speech resumed inside the hangover: the source's outstanding Tentative will not be confirmed."""
+
+    segment: Segment  # the Tentative's segment
+
+
+SegmenterOutput = Segment | Tentative | Withdrawn
+
+
+def final_segments(outputs: list[SegmenterOutput]) -> list[Segment]:
+    """The cut segments among a segmenter's outputs, for callers that do not speculate."""
+    return [o for o in outputs if isinstance(o, Segment)]
 
 
 class _SampleBuffer:
@@ -146,6 +178,7 @@ class Segmenter:
     whatever the chunk sizes. Non-finite input samples are replaced by 0.0 (counted and logged
     once per stream): one glitch from a device should not kill a live stream. After a forced
     cut the speech goes on in a new segment starting at the cut, held to min_speech_ms like any.
+    With `config.speculative`, Tentative and Withdrawn outputs come in between the Segments.
     """
 
     def __init__(self, config: VadConfig, rate_hz: int, source: str = "") -> None:
@@ -177,6 +210,7 @@ class Segmenter:
         self._seg_start = 0
         self._speech_start = 0
         self._floor = 0  # end of the last segment: the next may not start before it
+        self._tentative: Segment | None = None  # announced, neither confirmed nor withdrawn yet
         self.nonfinite_samples = 0
 
     @property
@@ -184,8 +218,8 @@ class Segmenter:
         """Samples held now: the pre-roll ring in silence, the open segment in speech."""
         return self._buf.end - self._buf.start
 
-    def process(self, samples: np.ndarray) -> list[Segment]:
-        """Take the next chunk of the stream; return the segments it completes."""
+    def process(self, samples: np.ndarray) -> list[SegmenterOutput]:
+        """Take the next chunk of the stream; return the segments it completes (and announcements)."""
         x = np.asarray(samples)
         if x.ndim != 1 or x.dtype.kind != "f":
             # Integer PCM would pass as wildly loud floats; audio.to_mono_float32 converts it.
@@ -200,16 +234,14 @@ class Segmenter:
             self.nonfinite_samples += int(bad.sum())
             x = np.where(bad, np.float32(0.0), x)
         self._buf.append(x)
-        out: list[Segment] = []
+        out: list[SegmenterOutput] = []
         while self._boundary(self._next_frame + 1) <= self._buf.end:
-            segment = self._step()
-            if segment is not None:
-                out.append(segment)
+            self._step(out)
         return out
 
-    def flush(self) -> list[Segment]:
+    def flush(self) -> list[SegmenterOutput]:
         """End of stream: emit the segment in progress if it has enough speech, then reset."""
-        out: list[Segment] = []
+        out: list[SegmenterOutput] = []
         if self._in_speech:
             received = self._buf.end
             if self._unvoiced_run == 0:
@@ -217,9 +249,7 @@ class Segmenter:
                 speech_end = received
             else:
                 speech_end = self._boundary(self._next_frame - self._unvoiced_run)
-            segment = self._emit(min(speech_end + self._tail, received), speech_end, forced=False)
-            if segment is not None:
-                out.append(segment)
+            self._finish(out, min(speech_end + self._tail, received), speech_end)
         self.reset()
         return out
 
@@ -236,7 +266,7 @@ class Segmenter:
         pcm = (np.clip(frame, -1.0, 1.0) * INT16_FULL_SCALE).astype(np.int16)
         return self._vad.is_speech(pcm.tobytes(), self._vad_rate_hz)
 
-    def _step(self) -> Segment | None:
+    def _step(self, out: list[SegmenterOutput]) -> None:
         k = self._next_frame
         frame_start, frame_end = self._boundary(k), self._boundary(k + 1)
         voiced = self._is_speech(self._buf.view(frame_start, frame_end))
@@ -246,45 +276,75 @@ class Segmenter:
             run_start = self._boundary(self._next_frame - self._voiced_run)
             if self._voiced_run < self._start_frames:
                 self._buf.drop_before(max(run_start - self._preroll, self._floor))
-                return None
+                return
             self._in_speech = True
             self._unvoiced_run = 0
             self._speech_start = run_start
             self._seg_start = max(run_start - self._preroll, self._floor)
             log.debug("%s: speech from %.2f s", self.source, run_start / self.rate_hz)
+        elif voiced:
+            self._unvoiced_run = 0
+            if self._tentative is not None:
+                out.append(Withdrawn(self._tentative))
+                self._tentative = None
         else:
-            self._unvoiced_run = 0 if voiced else self._unvoiced_run + 1
+            self._unvoiced_run += 1
         speech_end = self._boundary(self._next_frame - self._unvoiced_run)
         if self._unvoiced_run >= self._hangover_frames:
-            return self._close(min(speech_end + self._tail, frame_end), speech_end)
+            self._close(out, min(speech_end + self._tail, frame_end), speech_end)
+            return
         if self._boundary(self._next_frame + 1) - self._seg_start > self._max_samples:
             # The next frame would overflow max_segment_s: end at the pause if one has begun,
             # else cut here and carry on with a new segment.
             if self._unvoiced_run > 0:
-                return self._close(min(speech_end + self._tail, frame_end), speech_end)
-            segment = self._emit(frame_end, frame_end, forced=True)
+                self._close(out, min(speech_end + self._tail, frame_end), speech_end)
+                return
+            out.append(self._cut(frame_end, frame_end, forced=True))
             self._seg_start = self._speech_start = self._floor = frame_end
             self._buf.drop_before(frame_end)
-            return segment
-        return None
+            return
+        if (
+            self.config.speculative
+            and self._unvoiced_run > 0
+            and self._tentative is None
+            and speech_end + self._tail <= frame_end
+            and self._long_enough(speech_end)
+        ):
+            # The pause has lasted tail_ms: if it lasts the hangover, the segment ends exactly here.
+            self._tentative = self._cut(speech_end + self._tail, speech_end, forced=False)
+            out.append(Tentative(self._tentative))
 
-    def _close(self, end: int, speech_end: int) -> Segment | None:
-        segment = self._emit(end, speech_end, forced=False)
+    def _close(self, out: list[SegmenterOutput], end: int, speech_end: int) -> None:
+        self._finish(out, end, speech_end)
         self._in_speech = False
         self._voiced_run = 0
         self._floor = end
         self._buf.drop_before(max(end, self._boundary(self._next_frame) - self._preroll))
-        return segment
 
-    def _emit(self, end: int, speech_end: int, forced: bool) -> Segment | None:
-        if not forced and speech_end - self._speech_start < self._min_speech:
+    def _finish(self, out: list[SegmenterOutput], end: int, speech_end: int) -> None:
+        """Emit the segment ending at `end` if it has enough speech, answering any Tentative."""
+        tentative, self._tentative = self._tentative, None
+        if tentative is not None and self._seg_start + tentative.samples.size == end:
+            out.append(tentative)  # the confirmation is the announced segment itself
+            return
+        if tentative is not None:
+            # Not reached with these cut rules (a pause always ends at speech_end + tail, which
+            # the Tentative already covered); kept so that every Tentative gets its answer.
+            out.append(Withdrawn(tentative))
+        if self._long_enough(speech_end):
+            out.append(self._cut(end, speech_end, forced=False))
+        else:
             log.debug(
                 "%s: dropped %.2f s of speech at %.2f s (under min_speech_ms)",
                 self.source,
                 (speech_end - self._speech_start) / self.rate_hz,
                 self._speech_start / self.rate_hz,
             )
-            return None
+
+    def _long_enough(self, speech_end: int) -> bool:
+        return speech_end - self._speech_start >= self._min_speech
+
+    def _cut(self, end: int, speech_end: int, forced: bool) -> Segment:
         rate = self.rate_hz
         log.debug("%s: segment %.2f-%.2f s", self.source, self._seg_start / rate, end / rate)
         return Segment(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 
 import numpy as np
@@ -9,13 +10,15 @@ import speech
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from intentd.vad import Segment, Segmenter, VadConfig
+from intentd.vad import Segment, Segmenter, SegmenterOutput, Tentative, VadConfig, Withdrawn, final_segments
 
 RATES_HZ = (8000, 16000, 22050)
 # Speech long enough for several segments and, with the short config, forced cuts.
 TEXTS = ["please freeze my card", "how do I pay my phone bill", "what is the balance of my account"]
 SHORT_CUTS = VadConfig(max_segment_s=1.0)
-CONFIGS = (VadConfig(), SHORT_CUTS)
+# The 0.7 s gaps fall inside this hangover: speech resumes after a Tentative, which is withdrawn.
+LONG_HANGOVER = VadConfig(hangover_ms=900, tail_ms=300)
+CONFIGS = (VadConfig(), SHORT_CUTS, LONG_HANGOVER)
 SPECIALS = (float("nan"), float("inf"), -float("inf"), 1e-40, -1e-45, 10.0, -10.0, 0.0)
 GAINS = (0.0, 1e-40, 1e-4, 0.5, 1.0, 10.0)
 MAX_CHUNK = 5000
@@ -71,8 +74,13 @@ def chunked(x: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
 
 def segment(x: np.ndarray, rate_hz: int, config: VadConfig, sizes: list[int]) -> list[Segment]:
     """Every segment of `x` fed in chunks of `sizes`, flush included."""
+    return final_segments(outputs(x, rate_hz, config, sizes))
+
+
+def outputs(x: np.ndarray, rate_hz: int, config: VadConfig, sizes: list[int]) -> list[SegmenterOutput]:
+    """Everything the segmenter outputs for `x` fed in chunks of `sizes`, flush included."""
     seg = Segmenter(config, rate_hz, "prop")
-    out: list[Segment] = []
+    out: list[SegmenterOutput] = []
     for c in chunked(x, sizes):
         out += seg.process(c)
     return out + seg.flush()
@@ -123,3 +131,27 @@ def test_the_generated_audio_makes_segments_and_forced_cuts() -> None:
     # The properties mean little if the generated speech never opened a segment.
     segments = segment(spoken(16000), 16000, SHORT_CUTS, [480])
     assert len(segments) >= len(TEXTS) and any(s.forced for s in segments)
+    assert any(isinstance(o, Withdrawn) for o in outputs(spoken(16000), 16000, LONG_HANGOVER, [480]))
+
+
+@PROPERTY_SETTINGS
+@given(audio(), st.sampled_from(CONFIGS), chunk_sizes)
+def test_speculation_never_changes_the_segments_and_answers_every_tentative(
+    clip: tuple[np.ndarray, int], config: VadConfig, sizes: list[int]
+) -> None:
+    x, rate_hz = clip
+    outs = outputs(x, rate_hz, config, sizes)
+    plain = segment(x, rate_hz, dataclasses.replace(config, speculative=False), [max(1, x.size)])
+    assert [key(s) for s in final_segments(outs)] == [key(s) for s in plain]
+    event("withdrawn" if any(isinstance(o, Withdrawn) for o in outs) else "none withdrawn")
+    pending: Segment | None = None
+    for o in outs:  # the very next output answers a Tentative: a Withdrawn of it, or itself
+        if pending is not None:
+            assert (o.segment if isinstance(o, Withdrawn) else o) is pending
+            pending = None
+        elif isinstance(o, Tentative):
+            assert not o.segment.forced
+            pending = o.segment
+        else:
+            assert isinstance(o, Segment), "a Withdrawn without a Tentative"
+    assert pending is None, "flush answers the last Tentative"

@@ -35,7 +35,7 @@ def _result(i: int) -> Result:
     now = time.monotonic()
     return Result(
         source="wav:x", intent="balance", score=0.9, top_k=(("balance", 0.9),), start_s=float(i),
-        end_s=i + 0.5, queued_at=now, queue_ms=1.0, inference_ms=2.0, model="tiny",
+        end_s=i + 0.5, cut_at=now, queue_ms=1.0, inference_ms=2.0, model="tiny",
     )  # fmt: skip
 
 

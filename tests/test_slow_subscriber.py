@@ -25,7 +25,7 @@ def _result(i: int) -> Result:
     return Result(
         source="net:kitchen", intent="transfer_money", score=0.91,
         top_k=(("transfer_money", 0.91), ("balance", 0.05), ("freeze_card", 0.02)),
-        start_s=float(i), end_s=i + 1.25, queued_at=now, queue_ms=1.5,
+        start_s=float(i), end_s=i + 1.25, cut_at=now, queue_ms=1.5,
         inference_ms=12.0, model="banking-v3",
     )  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cache
 from itertools import pairwise
 
@@ -10,7 +11,15 @@ import pytest
 import speech
 
 from intentd.errors import ConfigError
-from intentd.vad import Segment, Segmenter, VadConfig
+from intentd.vad import (
+    Segment,
+    Segmenter,
+    SegmenterOutput,
+    Tentative,
+    VadConfig,
+    Withdrawn,
+    final_segments,
+)
 
 TOLERANCE_S = 0.3
 TEXTS = [
@@ -34,10 +43,17 @@ def rec(
 def run(
     samples: np.ndarray, rate_hz: int, chunk: int | None = None, config: VadConfig | None = None
 ) -> list[Segment]:
-    """Segment `samples` fed in chunks of `chunk` samples (all at once when None), then flush."""
+    """The segments of `samples` fed in chunks of `chunk` samples (all at once when None), then flush."""
+    return final_segments(outputs(samples, rate_hz, chunk, config))
+
+
+def outputs(
+    samples: np.ndarray, rate_hz: int, chunk: int | None = None, config: VadConfig | None = None
+) -> list[SegmenterOutput]:
+    """Everything the segmenter outputs for `samples`, Tentative and Withdrawn included."""
     seg = Segmenter(config or VadConfig(), rate_hz, source="test")
     step = chunk or max(len(samples), 1)
-    out: list[Segment] = []
+    out: list[SegmenterOutput] = []
     for i in range(0, len(samples), step):
         out += seg.process(samples[i : i + step])
     return out + seg.flush()
@@ -107,14 +123,14 @@ def test_one_sample_chunks_and_ragged_chunks(rate_hz: int) -> None:
     assert len(whole) == 2
     assert_same(run(r.samples, rate_hz, chunk=1), whole)
     seg = Segmenter(VadConfig(), rate_hz, source="test")
-    ragged: list[Segment] = []
+    ragged: list[SegmenterOutput] = []
     rng = np.random.default_rng(1)
     i = 0
     while i < len(r.samples):
         n = int(rng.integers(0, 5000))
         ragged += seg.process(r.samples[i : i + n])
         i += n
-    assert_same(ragged + seg.flush(), whole)
+    assert_same(final_segments(ragged + seg.flush()), whole)
 
 
 def test_forced_cut_at_max_segment() -> None:
@@ -149,13 +165,13 @@ def test_flush_mid_speech_emits_segment_and_resets() -> None:
     (true_start_s, true_end_s) = r.spans_s[0]
     cut = round((true_start_s + true_end_s) / 2 * 16000)
     seg = Segmenter(VadConfig(), 16000, source="test")
-    assert seg.process(r.samples[:cut]) == []
-    (segment,) = seg.flush()
+    assert final_segments(seg.process(r.samples[:cut])) == []
+    (segment,) = final_segments(seg.flush())
     assert segment.end_s == segment.end_of_speech_s == cut / 16000
     assert abs(segment.start_s - true_start_s) <= TOLERANCE_S
     assert seg.flush() == []
     # After flush the stream starts again at sample 0.
-    assert_same(seg.process(r.samples) + seg.flush(), run(r.samples, 16000))
+    assert_same(final_segments(seg.process(r.samples) + seg.flush()), run(r.samples, 16000))
 
 
 def test_empty_input() -> None:
@@ -194,7 +210,7 @@ def test_non_finite_and_loud_input_do_not_crash() -> None:
     x[300] = np.inf
     x[400] = -np.inf
     seg = Segmenter(VadConfig(), 16000)
-    got = seg.process(x) + seg.flush()
+    got = final_segments(seg.process(x) + seg.flush())
     clean = r.samples.copy()
     clean[[300, 400]] = 0.0
     clean[100:200] = 0.0
@@ -257,3 +273,61 @@ def test_invariants_hold_for_other_configs(config: VadConfig) -> None:
     for s in segments:
         assert len(s.samples) <= config.max_segment_s * r.rate_hz
         assert s.start_s < s.end_of_speech_s <= s.end_s
+
+
+def test_speculation_announces_each_segment_with_its_final_samples() -> None:
+    r = rec(16000, noise_dbfs=-50.0)
+    config = VadConfig()
+    plain = run(r.samples, 16000, config=dataclasses.replace(config, speculative=False))
+    assert len(plain) == len(TEXTS)
+    # Fed in 10 ms chunks, noting how much audio had arrived when each output came out.
+    seg = Segmenter(config, 16000, source="test")
+    chunk = 160
+    timed: list[tuple[float, SegmenterOutput]] = []
+    for i in range(0, len(r.samples), chunk):
+        fed_s = min(i + chunk, len(r.samples)) / 16000
+        timed += [(fed_s, out) for out in seg.process(r.samples[i : i + chunk])]
+    timed += [(len(r.samples) / 16000, out) for out in seg.flush()]
+    announced_at = {id(out.segment): t for t, out in timed if isinstance(out, Tentative)}
+    confirmed = [(t, out) for t, out in timed if isinstance(out, Segment)]
+    assert_same([s for _, s in confirmed], plain)
+    early_s = (config.hangover_ms - config.tail_ms - config.frame_ms) / 1000
+    for t_confirmed, final in confirmed:
+        # Announced with the very samples the hangover confirmed, hangover - tail earlier.
+        t_announced = announced_at[id(final)]
+        assert t_confirmed - t_announced >= early_s
+        assert t_announced - final.end_s <= (config.frame_ms + 10) / 1000
+    # The comma pause in "ten minutes, please" outlasts tail_ms: announced, then withdrawn.
+    withdrawn = [out for _, out in timed if isinstance(out, Withdrawn)]
+    assert len(announced_at) == len(confirmed) + len(withdrawn)
+
+
+def describe(outs: list[SegmenterOutput]) -> list[tuple[str, float, float, float, bytes]]:
+    """Each output's kind and its segment's times and samples."""
+    return [
+        (type(o).__name__, s.start_s, s.end_s, s.end_of_speech_s, s.samples.tobytes())
+        for o in outs
+        for s in [o if isinstance(o, Segment) else o.segment]
+    ]
+
+
+@pytest.mark.parametrize("chunk_ms", [10, 1000])
+def test_speech_resuming_withdraws_the_tentative(chunk_ms: int) -> None:
+    # A pause longer than tail_ms but shorter than the hangover: one segment, announced too early.
+    r = speech.recording(["please freeze my card", "the one ending in four"], gap_s=0.3, lead_s=0.5)
+    outs = outputs(r.samples, 16000, chunk=16 * chunk_ms)
+    assert describe(outs) == describe(outputs(r.samples, 16000))
+    (final,) = final_segments(outs)
+    assert_same([final], run(r.samples, 16000, config=VadConfig(speculative=False)))
+    withdrawn = [o.segment for o in outs if isinstance(o, Withdrawn)]
+    assert withdrawn, describe(outs)
+    for w in withdrawn:
+        assert w.start_s == final.start_s and w.end_s < final.end_of_speech_s
+    pending: Segment | None = None
+    for o in outs:  # a Tentative is answered by the very next output: Withdrawn, or itself
+        if pending is not None:
+            assert (o.segment if isinstance(o, Withdrawn) else o) is pending
+            pending = None
+        elif isinstance(o, Tentative):
+            pending = o.segment
+    assert pending is None

@@ -1,0 +1,136 @@
+"""Speculative inference: the same events as without it, published once the hangover confirms them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import speech
+
+from intentd.config import Config, ModelConfig
+from intentd.model import Classifier
+from intentd.notify import Notifier
+from intentd.publisher import Result
+from intentd.runner import Pipeline
+from intentd.sources import WavSource
+from intentd.speculation import Speculations
+from intentd.vad import Segment, VadConfig
+from intentd_client.protocol import IntentEvent
+
+# The first request pauses 0.3 s mid-sentence (longer than tail_ms, shorter than the hangover):
+# a speculation that must be withdrawn. The others end in long gaps: speculations confirmed.
+PAUSED = ["please freeze my card", "the one ending in four"]
+REQUESTS = ["what is my balance", "pay my phone bill", "I moved to a new address"]
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four requests at 16 kHz, the first with a pause inside it."""
+    first = speech.recording(PAUSED, gap_s=0.3, lead_s=0.5)
+    rest = speech.recording(REQUESTS, gap_s=1.5, lead_s=1.0)
+    rec = speech.Recording(
+        np.concatenate([first.samples, rest.samples]), 16000, [], [" ".join(PAUSED), *REQUESTS]
+    )
+    return rec.write(tmp_path_factory.mktemp("speculation") / "requests.wav")
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model_nomask: Path) -> Classifier:
+    """The tiny model (no attention mask, like wav2vec2-base) on the CPU, loaded once."""
+    return Classifier(str(tiny_model_nomask), device="cpu")
+
+
+def replay(
+    classifier: Classifier, wav: Path, speculative: bool, realtime: bool
+) -> tuple[Pipeline, list[IntentEvent]]:
+    """The pipeline over `wav` to its end; the pipeline and its events."""
+    # One segment per model pass, so that both runs give the model exactly the same inputs
+    # (batch-mates would change the float rounding, with or without speculation).
+    cfg = Config(model=ModelConfig(max_batch=1), vad=VadConfig(speculative=speculative))
+    events: list[IntentEvent] = []
+    src = WavSource(wav, realtime=realtime)
+    src.open()
+    pipe = Pipeline(cfg, classifier, [src], on_intent=events.append, publish=False)
+    pipe.start()
+    pipe.supervise(Notifier(None))
+    assert pipe.error is None
+    return pipe, events
+
+
+def published(e: IntentEvent) -> tuple[object, ...]:
+    """What an event says about its utterance (not its timing or sequence number)."""
+    return (e.source, e.intent, e.score, e.top_k, e.start_s, e.end_s, e.model)
+
+
+def test_events_are_the_same_with_speculation_on_and_off(classifier: Classifier, wav: Path) -> None:
+    plain_pipe, plain = replay(classifier, wav, speculative=False, realtime=False)
+    # Real time, as from a microphone: the model runs while the hangover is being waited out.
+    pipe, spec = replay(classifier, wav, speculative=True, realtime=True)
+    assert len(plain) == 1 + len(REQUESTS)
+    assert [published(e) for e in spec] == [published(e) for e in plain]
+    assert [e.seq for e in spec] == sorted(e.seq for e in spec)
+    stats = pipe.stats()
+    assert plain_pipe.stats()["speculations"] == 0
+    assert stats["segments"] == stats["events"] == len(plain)
+    assert stats["speculations_discarded"] >= 1, "the pause inside the first request"
+    assert stats["speculations"] - stats["speculations_discarded"] == stats["segments"]
+
+
+def test_as_fast_as_the_file_reads_too(classifier: Classifier, wav: Path) -> None:
+    # The audio thread now outruns the worker: most confirmations come before the result.
+    _, plain = replay(classifier, wav, speculative=False, realtime=False)
+    pipe, spec = replay(classifier, wav, speculative=True, realtime=False)
+    assert [published(e) for e in spec] == [published(e) for e in plain]
+    assert pipe.stats()["events"] == pipe.stats()["segments"] == len(plain)
+
+
+def segment(source: str = "mic", end_s: float = 2.0) -> Segment:
+    """A small segment; only its identity and source matter here."""
+    n = int(end_s * 100)
+    return Segment(np.zeros(n, np.float32), 100, 0.0, end_s, end_s - 0.1, source, False)
+
+
+def result(source: str = "mic", cut_at: float = 1.0) -> Result:
+    """A classified segment as the worker makes it."""
+    return Result(source, "balance", 0.9, (("balance", 0.9),), 0.0, 2.0, cut_at, 1.0, 50.0, "tiny")
+
+
+def test_a_result_finished_before_the_confirmation_is_released_by_it() -> None:
+    released: list[Result | None] = []
+    specs = Speculations(released.append)
+    seg = segment()
+    spec = specs.start(seg)
+    assert specs.wanted(spec)
+    specs.finish(spec, result(cut_at=1.0))
+    assert released == []
+    assert specs.confirm(seg, cut_at=5.0)
+    assert released == [dataclasses.replace(result(), cut_at=5.0)]  # total runs from the cut
+
+
+def test_a_result_confirmed_before_it_is_finished_is_released_by_the_worker() -> None:
+    released: list[Result | None] = []
+    specs = Speculations(released.append)
+    seg = segment()
+    spec = specs.start(seg)
+    assert specs.confirm(seg, cut_at=5.0)
+    assert released == []
+    specs.finish(spec, None)  # the model failed on it: the cut segment is lost, and counted
+    assert released == [None]
+
+
+def test_a_withdrawn_speculation_is_never_released() -> None:
+    released: list[Result | None] = []
+    specs = Speculations(released.append)
+    first, later = segment(end_s=1.0), segment(end_s=2.0)
+    spec = specs.start(first)
+    specs.withdraw(first)
+    assert not specs.wanted(spec)
+    specs.finish(spec, result())
+    assert not specs.confirm(first, cut_at=5.0)
+    assert not specs.confirm(later, cut_at=5.0), "not speculated: queued like any segment"
+    other = specs.start(segment("net:b"))
+    specs.finish(other, result("net:b"))
+    assert released == []
+    assert specs.stats() == {"speculations": 2.0, "speculations_discarded": 1.0}
