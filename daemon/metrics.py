@@ -1,10 +1,11 @@
 """The opt-in Prometheus endpoint: the heartbeat's counters and two histograms, read on each scrape.
 
-Nothing here counts on its own. On a scrape, `PipelineCollector` reads `Pipeline.stats()` (the same
-numbers a heartbeat carries) and turns every key into a metric: `intentd_<key>_total` for counters,
-`intentd_<key>` for gauges (depths, open streams, maxima). The two histograms, batch size and
-inference latency, are `Distribution`s the worker observes; their count and sum are also in the
-heartbeat (`batch_size_count`, `inference_seconds_sum`, ...).
+The runner counts into `Counters`; nothing here is read until a scrape. On a scrape,
+`PipelineCollector` reads `Pipeline.stats()` (the same numbers a heartbeat carries) and turns every
+key into a metric: `intentd_<key>_total` for counters, `intentd_<key>` for gauges (depths, open
+streams, maxima). The two histograms, batch size and inference latency, are `Distribution`s the
+worker observes; their count and sum are also in the heartbeat (`batch_size_count`,
+`inference_seconds_sum`, ...).
 
 prometheus_client is imported only when the endpoint is on (`[metrics] port`), so replay, classify
 and an install that never turns metrics on do not load it. Its HTTP server runs on its own thread,
@@ -64,6 +65,29 @@ ALWAYS: dict[str, str] = {
     "speculations_discarded": "Speculations withdrawn because speech resumed; never published.",
 }
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_]")
+
+
+class Counters:
+    """Thread-safe pipeline counters (running totals and maxima), published in heartbeats."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, float] = {}
+
+    def add(self, name: str, n: float = 1) -> None:
+        """Increase a counter."""
+        with self._lock:
+            self._values[name] = self._values.get(name, 0) + n
+
+    def max(self, name: str, value: float) -> None:
+        """Keep the largest value seen."""
+        with self._lock:
+            self._values[name] = max(self._values.get(name, value), value)
+
+    def snapshot(self) -> dict[str, float]:
+        """A copy of all counters."""
+        with self._lock:
+            return dict(self._values)
 
 
 @dataclass(frozen=True)

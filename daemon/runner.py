@@ -71,29 +71,6 @@ class Job:
     speculation: Speculation | None = None  # set for a Tentative segment
 
 
-class Counters:
-    """Thread-safe pipeline counters, published in heartbeats."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[str, float] = {}
-
-    def add(self, name: str, n: float = 1) -> None:
-        """Increase a counter."""
-        with self._lock:
-            self._values[name] = self._values.get(name, 0) + n
-
-    def max(self, name: str, value: float) -> None:
-        """Keep the largest value seen."""
-        with self._lock:
-            self._values[name] = max(self._values.get(name, value), value)
-
-    def snapshot(self) -> dict[str, float]:
-        """A copy of all counters."""
-        with self._lock:
-            return dict(self._values)
-
-
 class Pipeline:
     """Runs one source through the segmenter, the batched worker and the publisher until stopped."""
 
@@ -112,7 +89,7 @@ class Pipeline:
         self.classifier = classifier
         self.sources = list(sources)
         self.run_id = uuid.uuid4().hex[:12]
-        self.counters = Counters()
+        self.counters = metrics.Counters()
         self.batch_sizes = metrics.Distribution(metrics.BATCH_SIZE_BUCKETS)
         self.inference_s = metrics.Distribution(metrics.INFERENCE_S_BUCKETS)  # one per classified segment
         self._metrics: metrics.MetricsServer | None = None
