@@ -1,6 +1,7 @@
 """A running daemon under real-time network streams: latency, capacity and footprint.
 
     .venv/bin/python bench/live.py latency   [--precision fp32 int8] [--hangover-ms 480 240]
+                                             [--speculative on off]
     .venv/bin/python bench/live.py capacity  [--precision int8] [--streams 4 8 12 16] [--duration-s 60]
     .venv/bin/python bench/live.py footprint [--precision fp32 int8]
 
@@ -9,7 +10,10 @@ Each case starts `intentd run --source none --source net:ipc://...` on the wav2v
 pink-noise speech (bench/streams.py, known spans) in 20 ms chunks paced at real time, and
 timestamps every event on arrival. Latency is end of speech (the true span end) to event received,
 split into the end-of-speech wait (VAD hangover, chunking, transport) and the daemon's own
-queue/inference/publish times from the event. Writes bench/out/<command>.{json,png}.
+queue/inference/publish times from the event. With speculation on (`vad.speculative`), queue and
+inference partly overlap the hangover and `daemon_ms` is what is left after the cut. Every case
+list (--speculative on off off on, ...) runs in the order given, so one run can interleave A/B
+cases against load drift. Writes bench/out/<command>.{json,png}.
 """
 
 from __future__ import annotations
@@ -82,7 +86,14 @@ class Daemon:
     """`intentd run` on the network source, a subscriber thread, and its footprint."""
 
     def __init__(
-        self, model: Path, precision: str, hangover_ms: int, max_streams: int, threads: int, tmp: Path
+        self,
+        model: Path,
+        precision: str,
+        hangover_ms: int,
+        speculative: bool,
+        max_streams: int,
+        threads: int,
+        tmp: Path,
     ) -> None:
         self.audio_ep = f"ipc://{tmp}/audio.sock"
         events_ep = f"ipc://{tmp}/events.sock"
@@ -90,7 +101,7 @@ class Daemon:
         cfg.write_text(
             f'[model]\nprecision = "{precision}"\nthreads = {threads}\n'
             f"[source]\nnet_max_streams = {max_streams}\n"
-            f"[vad]\nhangover_ms = {hangover_ms}\n"
+            f"[vad]\nhangover_ms = {hangover_ms}\nspeculative = {str(speculative).lower()}\n"
         )
         self.notify = NotifyListener(tmp / "notify.sock")
         self.collected = Collected()
@@ -251,6 +262,8 @@ def summary(rows: list[dict[str, object]], daemon: Daemon) -> dict[str, object]:
                 "segment_queue_full_waits",
                 "batch_size_max",
                 "queue_drops",
+                "speculations",
+                "speculations_discarded",
             )
         },
         "ready_s": round(daemon.ready_s, 2),
@@ -263,6 +276,7 @@ def one_case(
     model: Path,
     precision: str,
     hangover_ms: int,
+    speculative: bool,
     n_streams: int,
     duration_s: float,
     gaps: tuple[float, float],
@@ -274,7 +288,7 @@ def one_case(
     ]
     with tempfile.TemporaryDirectory(prefix="intentd-bench-") as tmp:
         load = machine_load()
-        daemon = Daemon(model, precision, hangover_ms, max(8, n_streams), threads, Path(tmp))
+        daemon = Daemon(model, precision, hangover_ms, speculative, max(8, n_streams), threads, Path(tmp))
         try:
             res = summary(run_streams(daemon, streams), daemon)
         finally:
@@ -283,6 +297,7 @@ def one_case(
         "precision": precision,
         "threads": threads,
         "hangover_ms": hangover_ms,
+        "speculative": speculative,
         "streams": n_streams,
         "duration_s": duration_s,
         "machine": load,
@@ -322,7 +337,11 @@ def plot(command: str, cases: list[dict[str, object]], path: Path) -> None:
         for i, c in enumerate(cases):
             ax.annotate(f"ready {c['ready_s']} s", (i, c["rss_ready_mb"]), ha="center", va="bottom")  # type: ignore[arg-type]
     else:
-        x = [f"{c['precision']} t{c['threads']}\nh{c['hangover_ms']} n{c['streams']}" for c in cases]
+        x = [
+            f"{c['precision']} t{c['threads']}\nh{c['hangover_ms']} n{c['streams']}"
+            + ("\nspec" if c["speculative"] else "\nno spec")
+            for c in cases
+        ]
         for q in ("p50", "p95", "p99"):
             ax.plot(x, [c["latency_ms"]["total_ms"].get(q, np.nan) for c in cases], marker="o", label=q)  # type: ignore[index]
         if command == "latency":
@@ -342,6 +361,13 @@ def main() -> int:
     ap.add_argument("command", choices=("latency", "capacity", "footprint"))
     ap.add_argument("--precision", nargs="+", default=None)
     ap.add_argument("--hangover-ms", type=int, nargs="+", default=[480])
+    ap.add_argument(
+        "--speculative",
+        choices=("on", "off"),
+        nargs="+",
+        default=["on"],
+        help="vad.speculative per case (latency: every value, in order; others: the first)",
+    )
     ap.add_argument("--streams", type=int, nargs="+", default=[4, 8, 12, 16])
     ap.add_argument("--duration-s", type=float, default=None)
     ap.add_argument("--threads", type=int, nargs="+", default=[0], help="model.threads (0: torch's default)")
@@ -354,13 +380,14 @@ def main() -> int:
     for precision in args.precision or (["int8"] if args.command == "capacity" else ["fp32", "int8"]):
         for threads in args.threads:
             for h in args.hangover_ms if args.command == "latency" else args.hangover_ms[:1]:
-                for n in sorted(args.streams) if args.command == "capacity" else [1]:
-                    case = one_case(model, precision, h, n, duration_s, gaps, threads)
-                    cases.append(case)
-                    if args.command == "capacity":
-                        case["ok"] = ok_capacity(case)
-                        if not case["ok"]:
-                            break
+                for spec in args.speculative if args.command == "latency" else args.speculative[:1]:
+                    for n in sorted(args.streams) if args.command == "capacity" else [1]:
+                        case = one_case(model, precision, h, spec == "on", n, duration_s, gaps, threads)
+                        cases.append(case)
+                        if args.command == "capacity":
+                            case["ok"] = ok_capacity(case)
+                            if not case["ok"]:
+                                break
     out = args.out or OUT_DIR / f"{args.command}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, object] = {"command": args.command, "machine_end": machine_load(), "cases": cases}
