@@ -3,7 +3,9 @@
     .venv/bin/python bench/hangover.py [--hangover-ms 480 360 240 160] [--snr-db 20 10] [--duration-s 120]
 
 The hangover is the floor of end-of-speech latency (bench/live.py latency). This runs the daemon's
-own segmenter with only `hangover_ms` changed, scored as bench/segmentation.py scores it.
+own segmenter with only `hangover_ms` changed, scored as bench/segmentation.py scores it. It also
+lists the pauses inside utterances that each hangover bridged (`bridged_pauses_ms`: a speculation
+withdrawn because speech resumed), i.e. how close the hangover came to splitting one.
 Writes bench/out/hangover.json.
 """
 
@@ -22,9 +24,7 @@ from segmentation import score
 from streams import build_stream
 
 from intentd.resample import MODEL_RATE_HZ
-from intentd.vad import Segmenter, VadConfig, final_segments
-
-CHUNK_MS = 20
+from intentd.vad import Segmenter, VadConfig, Withdrawn, final_segments
 
 
 def main() -> int:
@@ -40,16 +40,23 @@ def main() -> int:
         for h in args.hangover_ms:
             cfg = dataclasses.replace(VadConfig(), hangover_ms=h, tail_ms=min(VadConfig().tail_ms, h))
             total: dict[str, float] = {}
+            pauses_ms: list[float] = []
             for st in streams:
                 seg = Segmenter(cfg, st.rate_hz, source="bench")
-                step = st.rate_hz * CHUNK_MS // 1000
+                # One VAD frame per chunk (segments do not depend on chunking): an output then
+                # comes out exactly at the end of the frame that caused it.
+                step = st.rate_hz * cfg.frame_ms // 1000
                 out = []
                 for i in range(0, st.samples.size, step):
-                    out += seg.process(st.samples[i : i + step])
+                    for o in seg.process(st.samples[i : i + step]):
+                        if isinstance(o, Withdrawn):  # this frame was voiced again
+                            resumed_s = i / st.rate_hz
+                            pauses_ms.append(round((resumed_s - o.segment.end_of_speech_s) * 1000))
+                        out.append(o)
                 out += seg.flush()
                 for k, v in score(st.spans_s, [(s.start_s, s.end_s) for s in final_segments(out)]).items():
                     total[k] = total.get(k, 0) + v
-            r = {"snr_db": snr, "hangover_ms": h, **total}
+            r = {"snr_db": snr, "hangover_ms": h, **total, "bridged_pauses_ms": sorted(pauses_ms)}
             results.append(r)
             print(json.dumps(r), flush=True)
     OUT_DIR.mkdir(exist_ok=True)

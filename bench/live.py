@@ -337,10 +337,11 @@ def plot(command: str, cases: list[dict[str, object]], path: Path) -> None:
         for i, c in enumerate(cases):
             ax.annotate(f"ready {c['ready_s']} s", (i, c["rss_ready_mb"]), ha="center", va="bottom")  # type: ignore[arg-type]
     else:
+        # Numbered: a case list may repeat a configuration (A/B/B/A), each run gets its own point.
         x = [
-            f"{c['precision']} t{c['threads']}\nh{c['hangover_ms']} n{c['streams']}"
+            f"{i}. {c['precision']} t{c['threads']}\nh{c['hangover_ms']} n{c['streams']}"
             + ("\nspec" if c["speculative"] else "\nno spec")
-            for c in cases
+            for i, c in enumerate(cases, 1)
         ]
         for q in ("p50", "p95", "p99"):
             ax.plot(x, [c["latency_ms"]["total_ms"].get(q, np.nan) for c in cases], marker="o", label=q)  # type: ignore[index]

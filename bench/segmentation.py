@@ -2,15 +2,17 @@
 
     .venv/bin/python bench/segmentation.py [--duration-s 120] [--snr-db 30 20 10] [--rates 48000 8000]
     .venv/bin/python bench/segmentation.py --replay [--model DIR]   # through `intentd replay`, end to end
+    .venv/bin/python bench/segmentation.py --hangover-ms 360 [--replay]   # another vad.hangover_ms
 
 Builds two-minute streams (several espeak-ng voices, gaps of 1-2.5 s, pink noise at each SNR) and
 counts, per true utterance, the segments (or, with --replay, the published events) that overlap
-it. With --replay it also scores the intents. Writes bench/out/segmentation.json.
+it. With --replay it also scores the intents. Writes bench/out/segmentation[-replay][-hMS][-seedN].json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -52,9 +54,9 @@ def score(spans: list[tuple[float, float]], segs: list[tuple[float, float]]) -> 
     }
 
 
-def segment_in_process(st: Stream) -> list[dict[str, float]]:
+def segment_in_process(st: Stream, vad: VadConfig) -> list[dict[str, float]]:
     """The daemon's segmenter over the stream in 20 ms chunks."""
-    seg = Segmenter(VadConfig(), st.rate_hz, source="bench")
+    seg = Segmenter(vad, st.rate_hz, source="bench")
     step = st.rate_hz * CHUNK_MS // 1000
     out = []
     for i in range(0, st.samples.size, step):
@@ -63,12 +65,21 @@ def segment_in_process(st: Stream) -> list[dict[str, float]]:
     return [{"start_s": s.start_s, "end_s": s.end_s} for s in final_segments(out)]
 
 
-def replay(st: Stream, model: str | None) -> list[dict[str, float]]:
+def replay(st: Stream, model: str | None, hangover_ms: int) -> list[dict[str, float]]:
     """`intentd replay` over the stream written as a 16-bit WAV; its JSON events."""
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "stream.wav"
         sf.write(str(wav), st.samples, st.rate_hz, subtype="PCM_16")
-        cmd = [str(INTENTD), "replay", str(wav), *(["--model", model] if model else [])]
+        config = Path(tmp) / "intentd.toml"
+        config.write_text(f"[vad]\nhangover_ms = {hangover_ms}\n")
+        cmd = [
+            str(INTENTD),
+            "replay",
+            str(wav),
+            "--config",
+            str(config),
+            *(["--model", model] if model else []),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return [json.loads(line) for line in out.splitlines()]
 
@@ -90,12 +101,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--replay", action="store_true", help="run `intentd replay` end to end")
     ap.add_argument("--model", help="checkpoint for --replay (default: the built-in demo model)")
+    ap.add_argument("--hangover-ms", type=int, default=VadConfig().hangover_ms, help="vad.hangover_ms")
     args = ap.parse_args()
+    vad = dataclasses.replace(VadConfig(), hangover_ms=args.hangover_ms)
     results = []
     for snr in args.snr_db:
         for rate in args.rates:
             st = build_stream(args.duration_s, rate, snr, seed=args.seed)
-            events = replay(st, args.model) if args.replay else segment_in_process(st)
+            events = replay(st, args.model, vad.hangover_ms) if args.replay else segment_in_process(st, vad)
             r = {
                 "snr_db": snr,
                 "rate_hz": rate,
@@ -108,13 +121,13 @@ def main() -> int:
     out_dir = Path(__file__).resolve().parent / "out"
     out_dir.mkdir(exist_ok=True)
     report = {
-        "vad": VadConfig().__dict__,
+        "vad": dataclasses.asdict(vad),
         "mode": "replay" if args.replay else "segmenter",
         "results": results,
     }
-    (out_dir / f"segmentation{'-replay' if args.replay else ''}.json").write_text(
-        json.dumps(report, indent=1)
-    )
+    suffix = ("-replay" if args.replay else "") + (f"-h{vad.hangover_ms}" if vad != VadConfig() else "")
+    suffix += f"-seed{args.seed}" if args.seed else ""
+    (out_dir / f"segmentation{suffix}.json").write_text(json.dumps(report, indent=1))
     return 0
 
 
