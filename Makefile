@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libportaudio2 libsndfile1 ffmpeg espeak-ng sox alsa-utils systemd gcc pkg-config libzmq3-dev libcjson-dev
+APT_PACKAGES := libportaudio2 libsndfile1 ffmpeg espeak-ng flite sox alsa-utils systemd gcc pkg-config libzmq3-dev libcjson-dev
 STAMP := $(VENV)/.installed
 # `sudo make install`: the service venv under PREFIX, the unit and /etc/intentd/intentd.toml.
 # INSTALL_FLAGS passes more systemd/install.sh options, e.g. --cuda, --dry-run,

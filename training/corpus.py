@@ -1,4 +1,4 @@
-"""`intentd corpus`: a synthetic MInDS-14-style spoken-intent corpus spoken by espeak-ng.
+"""`intentd corpus`: a synthetic MInDS-14-style spoken-intent corpus spoken by espeak-ng and flite.
 
 Output is a Hugging Face `audiofolder`: `OUT/<label>/<file>.wav` (8 kHz mono PCM_16, like
 MInDS-14's telephone audio) plus `OUT/metadata.csv`. With a metadata file, `datasets` (5.x)
@@ -29,7 +29,7 @@ import soundfile as sf
 
 from intentd.errors import ConfigError, IntentdError
 from intentd.resample import resample
-from intentd.speak import ESPEAK, speak
+from intentd.speak import ESPEAK, FLITE, FLITE_PREFIX, FLITE_VOICES, speak
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -61,10 +61,14 @@ METADATA_NAME = "metadata.csv"
 METADATA_COLUMNS = ("file_name", "label", "text", "phrasing_id", "voice", "rate_wpm", "pitch")
 PHRASING_ID_HEX = 8  # hex digits of sha1(text) in a phrasing id
 
-DEFAULT_PER_INTENT = 400  # 14 x 400 = 5,600 clips, ~10 renderings of each phrasing
+DEFAULT_PER_INTENT = 600  # 14 x 600 = 8,400 clips, ~15 renderings of each phrasing
 DEFAULT_JOBS = 2
 MIN_RATE_WPM, MAX_RATE_WPM = 125, 195
 MIN_PITCH, MAX_PITCH = 20, 80  # espeak-ng's 0-99 scale; 50 is the voice's own
+NATURAL_PITCH = 50
+# Share of clips spoken by flite instead of espeak-ng: a second synthesizer, so that the
+# model learns words rather than one synthesizer's sound.
+FLITE_SHARE = 0.3
 
 # English espeak-ng voices shipped with the base data (no MBROLA voices are installed).
 BASE_VOICES: tuple[str, ...] = (
@@ -141,7 +145,7 @@ _HAS_OPENER = ("hi", "hello", "um", "erm", "yes", "good")
 
 
 class CorpusError(IntentdError):
-    """A corpus that cannot be built: output folder in use, espeak-ng missing or failing."""
+    """A corpus that cannot be built: output folder in use, a synthesizer missing or failing."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ class Phrasing:
 
 @dataclass(frozen=True)
 class Clip:
-    """One planned clip: what to say, with which espeak-ng voice, and where it goes."""
+    """One planned clip: what to say, with which voice (espeak-ng or flite:), and where it goes."""
 
     file_name: str  # relative to the corpus folder
     label: str
@@ -270,31 +274,35 @@ def plan_corpus(config: CorpusConfig) -> list[Clip]:
             phrasing = phrasings[label][order[k % len(order)]]
             variant = str(rng.choice(VARIANTS))
             base = str(rng.choice(BASE_VOICES))
+            voice = f"{base}+{variant}" if variant else base
+            pitch = int(rng.integers(MIN_PITCH, MAX_PITCH + 1))
+            if rng.random() < FLITE_SHARE:
+                voice, pitch = FLITE_PREFIX + str(rng.choice(FLITE_VOICES)), NATURAL_PITCH
             clips.append(
                 Clip(
                     file_name=f"{label}/{phrasing.id}-{k:04d}.wav",
                     label=label,
                     text=_render(phrasing.template, rng),
                     phrasing_id=phrasing.id,
-                    voice=f"{base}+{variant}" if variant else base,
+                    voice=voice,
                     rate_wpm=int(rng.integers(MIN_RATE_WPM, MAX_RATE_WPM + 1)),
-                    pitch=int(rng.integers(MIN_PITCH, MAX_PITCH + 1)),
+                    pitch=pitch,
                 )
             )
     return clips
 
 
 def synthesize(clip: Clip) -> np.ndarray:
-    """Speak `clip.text` with espeak-ng; float32 mono at `CORPUS_RATE_HZ`."""
+    """Speak `clip.text`; float32 mono at `CORPUS_RATE_HZ`."""
     samples, rate_hz = speak(clip.text, voice=clip.voice, wpm=clip.rate_wpm, pitch=clip.pitch)
     if samples.ndim != 1:
-        raise CorpusError(f"espeak-ng gave {samples.shape} audio for {clip.file_name}, not mono")
+        raise CorpusError(f"{clip.voice} gave {samples.shape} audio for {clip.file_name}, not mono")
     out = resample(samples, rate_hz, CORPUS_RATE_HZ)
     # Some variants reach full scale and the resampler's overshoot would then clip, so every
     # clip is peak-normalised; level is the trainer's augmentation to vary, not the voice's.
     peak = float(np.abs(out).max()) if out.size else 0.0
     if peak == 0.0:
-        raise CorpusError(f"espeak-ng gave silence for {clip.file_name} ({clip.voice})")
+        raise CorpusError(f"{clip.voice} gave silence for {clip.file_name}")
     return (out * (PEAK_LEVEL / peak)).astype(np.float32)
 
 
@@ -339,8 +347,9 @@ def build_corpus(
 ) -> CorpusSummary:
     """Synthesise the corpus into `out_dir`; the same arguments give byte-identical files."""
     config = CorpusConfig(seed, per_intent, tuple(intents), jobs, force)
-    if shutil.which(ESPEAK) is None:
-        raise CorpusError(f"{ESPEAK} not found on PATH; install it (apt-get install espeak-ng)")
+    for program in (ESPEAK, FLITE):
+        if shutil.which(program) is None:
+            raise CorpusError(f"{program} not found on PATH; install it (apt-get install {program})")
     started = time.monotonic()
     out_dir = Path(out_dir)
     clips = plan_corpus(config)
@@ -408,7 +417,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `intentd corpus OUT [--seed N] [--per-intent N] [--intents ...] [--jobs N]`."""
     p = subparsers.add_parser(
         "corpus",
-        help="synthesise a MInDS-14-style spoken-intent corpus with espeak-ng",
+        help="synthesise a MInDS-14-style spoken-intent corpus with espeak-ng and flite",
         description="Write OUT/<label>/*.wav (8 kHz mono PCM_16) and OUT/metadata.csv "
         "(an audiofolder dataset). Same --seed and sizes give byte-identical files.",
     )
@@ -429,7 +438,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated subset of the 14 intents (default all)",
     )
     p.add_argument(
-        "--jobs", type=int, default=DEFAULT_JOBS, help=f"parallel espeak-ng (default {DEFAULT_JOBS})"
+        "--jobs", type=int, default=DEFAULT_JOBS, help=f"synthesizer processes (default {DEFAULT_JOBS})"
     )
     p.add_argument("--force", action="store_true", help="replace a corpus already in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
