@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import INTENTD
+from safetensors import safe_open
 from speech import convert_rate
 
 from intentd.audio import read_wav
@@ -141,6 +142,13 @@ def test_output_folder_is_a_loadable_checkpoint_with_reports(trained: Path) -> N
     assert set(metrics["per_intent_accuracy"]) == set(TEXTS)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["test_clips"] > 0
     assert metrics["train_time_s"] > 0 and metrics["seed"] == 0
+    # The corpus has transcripts, so the run trained a CTC head beside the classifier; the
+    # checkpoint holds the classifier alone.
+    assert metrics["config"]["ctc_weight"] == 1.0
+    with safe_open(str(trained / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("classifier.") for k in keys)
+    assert not [k for k in keys if "ctc" in k]
 
 
 def test_augmented_run_trains(corpus: Path, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from intentd_train.settings import (
     TARGET_RATE_HZ,
     TrainConfig,
 )
+from intentd_train.transcript import TEXT_COLUMNS, encode
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +200,23 @@ def decode(ds: Dataset, max_length_s: float, desc: str) -> Dataset:
     return ds.map(front_end, batched=True, batch_size=64, desc=desc)
 
 
-def as_model_inputs(ds: Dataset, label_column: str) -> Dataset:
-    """Keep only what the collator needs: the waveform, its length and `label`."""
+def as_model_inputs(ds: Dataset, label_column: str, transcripts: bool = False) -> Dataset:
+    """Keep what the collator needs: the waveform, its length, `label` (and `transcript`)."""
     if label_column != "label":
         ds = ds.rename_column(label_column, "label")
     keep = {"input_values", "length", "label"}
+    text_column = text_column_of(ds)
+    if transcripts and text_column is not None:
+        ds = ds.map(
+            lambda batch: {"transcript": [encode(t) or [] for t in batch[text_column]]},
+            batched=True,
+            desc="encoding transcripts",
+        )
+        keep.add("transcript")
     return ds.remove_columns([c for c in ds.column_names if c not in keep])
+
+
+def text_column_of(ds: Dataset) -> str | None:
+    """The column holding what each clip says, if the dataset has one."""
+    return next((c for c in TEXT_COLUMNS if c in ds.column_names), None)
 

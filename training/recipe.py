@@ -80,6 +80,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--mask-time-prob", type=float, help="SpecAugment time masking (default 0.05)")
     p.add_argument("--mask-feature-prob", type=float, help="SpecAugment channel masking (default 0)")
     p.add_argument(
+        "--ctc-weight",
+        type=float,
+        help="weight of an auxiliary character CTC loss on the data's transcripts (text or "
+        "transcription column); the head is dropped at save (default 1 from scratch, 0 when "
+        "fine-tuning)",
+    )
+    p.add_argument(
         "--time-budget-min",
         type=float,
         help="stop after this many minutes of training; the learning rate decays over the "
@@ -127,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "augment": args.augment,
         "mask_time_prob": args.mask_time_prob,
         "mask_feature_prob": args.mask_feature_prob,
+        "ctc_weight": args.ctc_weight,
         "test_fraction": args.test_fraction,
         "time_budget_min": args.time_budget_min,
         "num_threads": args.threads,
@@ -161,6 +169,8 @@ def _validate(c: TrainConfig) -> None:
         raise IntentdError(f"--time-budget-min {c.time_budget_min} must be positive")
     if not 0.0 < c.test_fraction < 1.0:
         raise IntentdError(f"--test-fraction {c.test_fraction} must be between 0 and 1")
+    if c.ctc_weight is not None and c.ctc_weight < 0:
+        raise IntentdError(f"--ctc-weight {c.ctc_weight} must be >= 0")
     if not (0.0 <= c.mask_time_prob < 1.0 and 0.0 <= c.mask_feature_prob < 1.0):
         raise IntentdError("--mask-time-prob and --mask-feature-prob must be in [0, 1)")
 
@@ -199,16 +209,23 @@ def train(config: TrainConfig) -> dict[str, Any]:
     extractor, model, names, raw = modeling.build(config, names, raw, label_column)
     parts = data.split(raw, label_column, config)
     log.info("split: %s", {k: v for k, v in parts.definition.items() if k != "test_phrasings"})
+    ctc_weight = _ctc_weight(config) if data.text_column_of(raw) is not None else 0.0
+    config = dataclasses.replace(config, ctc_weight=ctc_weight)  # metrics.json shows what ran
+    use_ctc = ctc_weight > 0
     train_ds = data.as_model_inputs(
-        data.decode(parts.train, config.max_length_s, "decoding training clips"), label_column
+        data.decode(parts.train, config.max_length_s, "decoding training clips"),
+        label_column,
+        transcripts=use_ctc,
     )
     test_ds = data.as_model_inputs(
         data.decode(parts.test, config.max_length_s, "decoding held-out clips"), label_column
     )
+    augmenter = None
     if config.augment is not None:
         from intentd_train.augment import Augmenter, AugmentTransform
 
-        train_ds = train_ds.with_transform(AugmentTransform(Augmenter(config.augment, config.seed)))
+        augmenter = Augmenter(config.augment, config.seed)
+        train_ds = train_ds.with_transform(AugmentTransform(augmenter))
 
     from transformers import Trainer
 
@@ -232,11 +249,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
         train_sampling_strategy="group_by_length",
         length_column_name="length",
         report_to="none",
-        push_to_hub=config.push_to_hub,
+        push_to_hub=config.push_to_hub and not use_ctc,
         hub_model_id=config.hub_model_id,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
+    classifier = model
+    if use_ctc:
+        from intentd_train.transcript import WithTranscriptHead
+
+        log.info("auxiliary transcript CTC loss, weight %g", ctc_weight)
+        model = WithTranscriptHead(classifier, ctc_weight)
     optimizers: tuple[Any, Any] = (None, None)
     callbacks = []
     if config.time_budget_min is not None:
@@ -245,6 +268,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         budget = TimeBudget(config.time_budget_min * 60.0, config.warmup_ratio)
         optimizers = budget.optimizers(model, config.learning_rate, config.weight_decay)
         callbacks.append(budget)
+    if augmenter is not None:
+        from intentd_train.augment import AugmentRamp
+
+        fraction = budget.fraction if config.time_budget_min is not None else None
+        callbacks.append(AugmentRamp(augmenter, fraction))
     trainer = Trainer(
         model=model,
         args=args,
@@ -261,9 +289,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     train_time_s = time.monotonic() - t0
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(config.output_dir))
-    # A pickle of the TrainingArguments; metrics.json records the config in plain JSON.
-    (config.output_dir / "training_args.bin").unlink(missing_ok=True)
+    # The classifier alone: the CTC head was a training aid.
+    classifier.save_pretrained(str(config.output_dir))
+    extractor.save_pretrained(str(config.output_dir))
     evaluations = {"test": _predict(trainer, test_ds)}
     for name, ds in parts.diagnostics.items():
         decoded = data.decode(ds, config.max_length_s, f"decoding {name} clips")
@@ -276,11 +304,21 @@ def train(config: TrainConfig) -> dict[str, Any]:
         log_history=trainer.state.log_history,
         train_time_s=train_time_s,
         n_train=len(train_ds),
-        n_params=sum(p.numel() for p in model.parameters()),
+        n_params=sum(p.numel() for p in classifier.parameters()),
     )
-    if config.push_to_hub:
+    if config.push_to_hub and model is classifier:
         trainer.push_to_hub()
+    elif config.push_to_hub:
+        repo = config.hub_model_id or config.output_dir.name
+        classifier.push_to_hub(repo)
+        extractor.push_to_hub(repo)
     return metrics
+
+
+def _ctc_weight(config: TrainConfig) -> float:
+    if config.ctc_weight is not None:
+        return config.ctc_weight
+    return 1.0 if config.from_config is not None else 0.0
 
 
 def _ensure_corpus(data_dir: Path, seed: int) -> None:
