@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.signal import fftconvolve, lfilter
+from transformers import TrainerCallback
 
 from intentd_train.settings import TARGET_RATE_HZ, AugmentConfig
 
@@ -36,10 +39,19 @@ class Augmenter:
     def __init__(self, config: AugmentConfig, seed: int) -> None:
         self.config = config
         self.rng = np.random.default_rng(seed)
+        self.share = config.max_share  # AugmentRamp moves it during training
+
+    def set_progress(self, fraction: float) -> None:
+        """Set the augmented share for training progress `fraction` (0 start, 1 end)."""
+        c = self.config
+        ramp = (fraction - c.clean_until) / max(c.full_from - c.clean_until, 1e-9)
+        self.share = c.max_share * min(1.0, max(0.0, ramp))
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
-        """Return an augmented copy of a 16 kHz float32 clip."""
+        """Return an augmented copy of a 16 kHz float32 clip (or a plain copy, 1 - share of the time)."""
         c, rng = self.config, self.rng
+        if rng.random() >= self.share:
+            return wave.astype(np.float32)
         x = wave.astype(np.float64)
         speed = rng.uniform(*c.speed_range)
         if abs(speed - 1.0) > 1e-3:
@@ -81,8 +93,11 @@ class Augmenter:
         kind = self.rng.integers(3)
         n = len(x)
         noise = (
-            self.rng.standard_normal(n) if kind == 0 else _pink(n, self.rng) if kind == 1 else
-            _brown(n, self.rng)
+            self.rng.standard_normal(n)
+            if kind == 0
+            else _pink(n, self.rng)
+            if kind == 1
+            else _brown(n, self.rng)
         )
         signal_power = np.mean(x**2) + 1e-12
         noise_power = np.mean(noise**2) + 1e-12
@@ -100,10 +115,26 @@ class AugmentTransform:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         """Augment every waveform of a formatted batch."""
         out = dict(batch)
-        out["input_values"] = [
-            self.augmenter(np.asarray(w, dtype=np.float32)) for w in batch["input_values"]
-        ]
+        out["input_values"] = [self.augmenter(np.asarray(w, dtype=np.float32)) for w in batch["input_values"]]
         return out
+
+
+class AugmentRamp(TrainerCallback):
+    """Tells the augmenter how far training has got: by the time budget when there is one."""
+
+    def __init__(self, augmenter: Augmenter, budget_fraction: Callable[[], float] | None) -> None:
+        self.augmenter = augmenter
+        self.budget_fraction = budget_fraction
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Update the augmented share before each batch is drawn."""
+        if self.budget_fraction is not None:
+            fraction = self.budget_fraction()
+        else:
+            fraction = state.global_step / max(state.max_steps, 1)
+        self.augmenter.set_progress(fraction)
+
+    on_train_begin = on_step_begin
 
 
 @dataclass
@@ -116,10 +147,19 @@ class Collator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         """Turn `{"input_values", "label"}` rows into padded tensors."""
         max_samples = int(self.max_length_s * TARGET_RATE_HZ)
-        waves = [np.asarray(f["input_values"], dtype=np.float32) for f in features]
-        waves = [w[:max_samples] for w in waves]
+        full = [np.asarray(f["input_values"], dtype=np.float32) for f in features]
+        waves = [w[:max_samples] for w in full]
         batch = self.feature_extractor(  # type: ignore[operator]
             waves, sampling_rate=TARGET_RATE_HZ, padding="longest", return_tensors="pt"
         )
         batch["labels"] = torch.tensor([int(f["label"]) for f in features], dtype=torch.long)
+        if "transcript" in features[0]:
+            # A cut clip no longer says its whole transcript: it gets none (length 0).
+            texts = [
+                list(f["transcript"] or []) if len(w) <= max_samples else []
+                for f, w in zip(features, full, strict=True)
+            ]
+            width = max(1, max(len(t) for t in texts))
+            batch["transcript"] = torch.tensor([t + [0] * (width - len(t)) for t in texts])
+            batch["transcript_lengths"] = torch.tensor([len(t) for t in texts])
         return dict(batch)

@@ -27,14 +27,15 @@ class TimeBudget(TrainerCallback):
         self.warmup_ratio = warmup_ratio
         self.started: float | None = None
 
-    def _fraction(self) -> float:
+    def fraction(self) -> float:
+        """Share of the budget spent, 0 before training starts."""
         if self.started is None:
             return 0.0
         return min(1.0, (time.monotonic() - self.started) / self.budget_s)
 
     def _multiplier(self, step: int) -> float:
         # Warmup and decay both follow the clock, so a slow machine warms up as long.
-        f = self._fraction()
+        f = self.fraction()
         warm = min(1.0, f / self.warmup_ratio) if self.warmup_ratio > 0 else 1.0
         cosine = 0.5 * (1.0 + math.cos(math.pi * f))
         return warm * (MIN_LR_FRACTION + (1.0 - MIN_LR_FRACTION) * cosine)
@@ -55,7 +56,7 @@ class TimeBudget(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Stop once the budget is spent."""
-        if self._fraction() >= 1.0 and not control.should_training_stop:
+        if self.fraction() >= 1.0 and not control.should_training_stop:
             log.info("time budget of %.0f s spent at step %d; stopping", self.budget_s, state.global_step)
             control.should_training_stop = True
             control.should_evaluate = True
