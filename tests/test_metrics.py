@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import speech
 from daemonproc import start_daemon
+from inprocess import run_to_end
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -116,20 +117,8 @@ def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return speech.recording(TEXTS).write(tmp_path_factory.mktemp("metrics") / "two.wav")
 
 
-def run_pipeline(classifier: Classifier, wav: Path, cfg: config.Config) -> tuple[Pipeline, list[IntentEvent]]:
-    """Replay `wav` through a pipeline to its end; the pipeline and its events."""
-    events: list[IntentEvent] = []
-    src = WavSource(wav)
-    src.open()
-    pipe = Pipeline(cfg, classifier, [src], on_intent=events.append, publish=False)
-    pipe.start()
-    pipe.supervise(Notifier(None))
-    assert pipe.error is None
-    return pipe, events
-
-
 def test_collector_over_an_in_process_pipeline(classifier: Classifier, wav: Path) -> None:
-    pipe, events = run_pipeline(classifier, wav, config.Config())
+    pipe, events = run_to_end(config.Config(), classifier, WavSource(wav))
     assert len(events) == len(TEXTS)
     registry = CollectorRegistry()
     registry.register(PipelineCollector(pipe))

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import speech
+from inprocess import run_to_end
 
 from intentd.config import Config, ModelConfig
 from intentd.model import Classifier
-from intentd.notify import Notifier
 from intentd.publisher import Result
 from intentd.runner import Pipeline
 from intentd.sources import WavSource
@@ -49,14 +49,7 @@ def replay(
     # One segment per model pass, so that both runs give the model exactly the same inputs
     # (batch-mates would change the float rounding, with or without speculation).
     cfg = Config(model=ModelConfig(max_batch=1), vad=VadConfig(speculative=speculative))
-    events: list[IntentEvent] = []
-    src = WavSource(wav, realtime=realtime)
-    src.open()
-    pipe = Pipeline(cfg, classifier, [src], on_intent=events.append, publish=False)
-    pipe.start()
-    pipe.supervise(Notifier(None))
-    assert pipe.error is None
-    return pipe, events
+    return run_to_end(cfg, classifier, WavSource(wav, realtime=realtime))
 
 
 def published(e: IntentEvent) -> tuple[object, ...]:
