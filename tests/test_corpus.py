@@ -1,4 +1,4 @@
-"""The espeak-ng corpus: determinism, audiofolder layout, WAV format and the errors a user hits."""
+"""The espeak-ng + flite corpus: determinism, audiofolder layout, WAV format and the errors a user hits."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import pytest
 import soundfile as sf
 from conftest import INTENTD
 
+from intentd.errors import IntentdError
+from intentd.speak import FLITE_PREFIX, FLITE_VOICES, speak
 from intentd_train.corpus import (
     CORPUS_RATE_HZ,
+    FLITE_SHARE,
     INTENTS,
     METADATA_COLUMNS,
     METADATA_NAME,
@@ -56,6 +59,23 @@ def test_phrasings_are_many_unique_and_labelled() -> None:
         assert all(p.id.startswith(f"{label}-") and p.label == label for p in group)
 
 
+def test_two_synthesizers_share_the_corpus() -> None:
+    voices = [c.voice for c in plan_corpus(CorpusConfig(seed=0))]
+    flite = [v for v in voices if v.startswith(FLITE_PREFIX)]
+    assert abs(len(flite) / len(voices) - FLITE_SHARE) < 0.03
+    assert {v.removeprefix(FLITE_PREFIX) for v in flite} == set(FLITE_VOICES)
+
+
+def test_flite_voices_speak_and_unknown_ones_are_refused() -> None:
+    samples, rate_hz = speak("check my balance", voice=FLITE_PREFIX + "slt", wpm=140)
+    assert rate_hz == 16000 and 0.5 < len(samples) / rate_hz < 3.0 and abs(samples).max() > 0.1
+    slow, _ = speak("check my balance", voice=FLITE_PREFIX + "slt", wpm=100)
+    assert len(slow) > 1.2 * len(samples)
+    # flite itself would fall back to its default voice without a word.
+    with pytest.raises(IntentdError, match="unknown flite voice 'kal9'"):
+        speak("hello", voice=FLITE_PREFIX + "kal9")
+
+
 def test_layout_and_metadata(corpus: Path) -> None:
     with open(corpus / METADATA_NAME, newline="", encoding="utf-8") as f:
         assert tuple(next(csv.reader(f))) == METADATA_COLUMNS
@@ -67,7 +87,7 @@ def test_layout_and_metadata(corpus: Path) -> None:
     for r in rows:
         assert r["file_name"].split("/")[0] == r["label"]
         assert r["phrasing_id"].startswith(r["label"] + "-")
-        assert r["text"] and r["voice"].startswith("en")
+        assert r["text"] and r["voice"].startswith(("en", FLITE_PREFIX))
         assert int(r["rate_wpm"]) > 0 and 0 <= int(r["pitch"]) <= 99
 
 

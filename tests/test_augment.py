@@ -1,0 +1,43 @@
+"""Training augmentation: clean clips early in training, a ramp to the configured share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from speech import ESPEAK_RATE_HZ, say
+
+from intentd.resample import resample
+from intentd_train.augment import Augmenter
+from intentd_train.settings import AugmentConfig
+
+
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    return resample(say("check my balance please"), ESPEAK_RATE_HZ, 16000)
+
+
+def _changed_share(augmenter: Augmenter, clip: np.ndarray, n: int = 200) -> float:
+    changed = 0
+    for _ in range(n):
+        out = augmenter(clip)
+        changed += out.shape != clip.shape or not np.array_equal(out, clip)
+    return changed / n
+
+
+def test_share_ramps_from_clean_to_the_configured_maximum(clip: np.ndarray) -> None:
+    config = AugmentConfig(clean_until=0.2, full_from=0.6, max_share=0.8)
+    augmenter = Augmenter(config, seed=0)
+    augmenter.set_progress(0.1)
+    assert augmenter.share == 0.0 and _changed_share(augmenter, clip) == 0.0
+    augmenter.set_progress(0.4)
+    assert augmenter.share == pytest.approx(0.4)
+    augmenter.set_progress(0.9)
+    assert augmenter.share == pytest.approx(0.8)
+    assert 0.7 < _changed_share(augmenter, clip) < 0.9
+
+
+def test_an_augmented_clip_stays_float32_and_unclipped(clip: np.ndarray) -> None:
+    augmenter = Augmenter(AugmentConfig(max_share=1.0), seed=1)
+    for _ in range(20):
+        out = augmenter(clip)
+        assert out.dtype == np.float32 and np.abs(out).max() <= 0.99
