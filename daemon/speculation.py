@@ -74,8 +74,7 @@ class Speculations:
         log.debug("%s: speculation at %.2f s withdrawn", segment.source, segment.end_s)
 
     def confirm(self, segment: Segment, cut_at: float) -> bool:
-        """The segmenter cut `segment`; True if it was speculated (its result is then released
-        now or when the worker finishes it), False if it must be queued like any segment."""
+        """True if the cut `segment` was speculated (released now or once finished); else queue it."""
         with self._lock:
             spec = self._open.get(segment.source)
             if spec is None or spec.segment is not segment:

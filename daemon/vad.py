@@ -219,7 +219,7 @@ class Segmenter:
         return self._buf.end - self._buf.start
 
     def process(self, samples: np.ndarray) -> list[SegmenterOutput]:
-        """Take the next chunk of the stream; return the segments it completes (and announcements)."""
+        """Take the next chunk; return what it completes, in order: Segments, Tentatives, Withdrawns."""
         x = np.asarray(samples)
         if x.ndim != 1 or x.dtype.kind != "f":
             # Integer PCM would pass as wildly loud floats; audio.to_mono_float32 converts it.
@@ -240,7 +240,7 @@ class Segmenter:
         return out
 
     def flush(self) -> list[SegmenterOutput]:
-        """End of stream: emit the segment in progress if it has enough speech, then reset."""
+        """End of stream: emit the segment in progress if long enough (confirming a Tentative); reset."""
         out: list[SegmenterOutput] = []
         if self._in_speech:
             received = self._buf.end
