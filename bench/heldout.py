@@ -123,9 +123,11 @@ def festival(text: str, voice: str, tmp: Path) -> tuple[np.ndarray, int]:
     return (samples if samples.ndim == 1 else samples.mean(axis=1)), rate_hz
 
 
-def telephone_clip(raw: np.ndarray, rate_hz: int, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    """8 kHz, peak at the corpus's level, pink noise `snr_db` below the speech (silences excluded)."""
-    clip = resample(raw, rate_hz, CORPUS_RATE_HZ)
+def telephone_clip(
+    raw: np.ndarray, rate_hz: int, snr_db: float, rng: np.random.Generator, clip_rate_hz: int
+) -> np.ndarray:
+    """At `clip_rate_hz`, peak at the corpus level, pink noise `snr_db` below the speech (not silences)."""
+    clip = resample(raw, rate_hz, clip_rate_hz)
     clip = clip * (PEAK_LEVEL / max(float(np.abs(clip).max()), 1e-9))
     speech_rms = float(np.sqrt(np.mean(trim_silence(clip) ** 2)))
     return add_noise(clip, speech_rms, snr_db, rng)
@@ -200,9 +202,9 @@ def print_table(report: dict) -> None:
 
 
 def speak_clips(
-    utterances: list[Utterance], out: Path, snr_db: float, seed: int
+    utterances: list[Utterance], out: Path, snr_db: float, seed: int, clip_rate_hz: int
 ) -> tuple[list[dict], dict[str, list[tuple[str, np.ndarray, int]]]]:
-    """Speak every utterance in every voice and write its noisy 8 kHz clip.
+    """Speak every utterance in every voice and write its noisy clip (8 kHz unless told).
 
     Returns one item per (voice, utterance), voice-major, and per voice the raw speech for the streams.
     """
@@ -218,15 +220,15 @@ def speak_clips(
                 raw, rate_hz = festival(u.text, voice, Path(tmp))
                 speech[voice].append((u.intent, raw, rate_hz))
                 path = out / "clips" / voice / f"{u.name}.wav"
-                clip = telephone_clip(raw, rate_hz, snr_db, rng)
-                sf.write(str(path), clip, CORPUS_RATE_HZ, subtype=PCM_SUBTYPE)
+                clip = telephone_clip(raw, rate_hz, snr_db, rng, clip_rate_hz)
+                sf.write(str(path), clip, clip_rate_hz, subtype=PCM_SUBTYPE)
                 items.append(
                     {
                         "voice": voice,
                         "intent": u.intent,
                         "phrasing_id": u.phrasing_id,
                         "text": u.text,
-                        "clip": {"path": str(path), "audio_s": round(clip.size / CORPUS_RATE_HZ, 2)},
+                        "clip": {"path": str(path), "audio_s": round(clip.size / clip_rate_hz, 2)},
                     }
                 )
     return items, speech
@@ -308,7 +310,7 @@ def run(args: argparse.Namespace) -> dict:
         elapsed_s[name] = round(now - last, 1)
         last = now
 
-    items, speech = speak_clips(utterances, args.out, args.snr_db, args.seed)
+    items, speech = speak_clips(utterances, args.out, args.snr_db, args.seed, args.clip_rate_hz)
     lap("synthesis")
     score_clips(items, args.model)
     lap("classify")
@@ -319,6 +321,7 @@ def run(args: argparse.Namespace) -> dict:
         "model": args.model,
         "per_phrasing": args.per_phrasing,
         "snr_db": args.snr_db,
+        "clip_rate_hz": args.clip_rate_hz,
         "seed": args.seed,
         "voices": [f"festival:{voice}" for voice in VOICES],
         "phrasings": len(utterances) // args.per_phrasing,
@@ -338,6 +341,12 @@ def main() -> int:
     ap.add_argument("--per-phrasing", type=int, default=2, help="renderings of each held-out phrasing")
     ap.add_argument("--snr-db", type=float, default=20.0, help="pink noise below the speech (default 20)")
     ap.add_argument("--seed", type=int, default=0, help="slot fillers, noise, gaps and order")
+    ap.add_argument(
+        "--clip-rate-hz",
+        type=int,
+        default=CORPUS_RATE_HZ,
+        help="clip sample rate (default 8000 like the corpus; 16000 shows what the band above 4 kHz does)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "heldout")
     args = ap.parse_args()
     if args.per_phrasing < 1:
