@@ -45,6 +45,9 @@ def write_all(
         },
         "split": split_definition,
         "train_time_s": round(train_time_s, 1),
+        # What ran: with a time budget, --epochs is only an upper bound.
+        "updates": int(max((e.get("step", 0) for e in log_history), default=0)),
+        "epochs_run": round(float(max((e.get("epoch", 0) for e in log_history), default=0)), 2),
         "seed": config.seed,
         "parameters": n_params,
         "labels": names,
@@ -149,8 +152,9 @@ Wav2Vec2 audio classifier for {len(metrics['labels'])} spoken banking intents, t
 - Data: {source}; {metrics['train_clips']} training clips
 - Held-out split: {metrics['split'].get('kind')}
 - Held-out accuracy: **{metrics['accuracy']:.3f}** on {metrics['test_clips']} clips
-- Training: {config.epochs:g} epochs, lr {config.learning_rate:g}, batch {config.batch_size},
-  clips cut at {config.max_length_s:g} s, augmentation {'on' if config.augment else 'off'},
+- Training: {metrics['epochs_run']:g} epochs ({metrics['updates']} updates), lr {config.learning_rate:g},
+  batch {config.batch_size}, clips cut at {config.max_length_s:g} s, augmentation
+  {'on' if config.augment else 'off'}, transcript CTC weight {config.ctc_weight or 0:g},
   {metrics['train_time_s']:.0f} s, seed {config.seed}
 
 Input: 16 kHz float32 mono (intentd resamples every source to 16 kHz with the same code
