@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from intentd.errors import AudioFileError
+from intentd.errors import AudioFileError, IntentdError
 from intentd_client.files import FileRefused, open_regular_file, shown
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,10 @@ def to_mono_float32(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def check_rate(rate_hz: int, what: str) -> None:
-    """Refuse sample rates no microphone or file really has."""
+def check_rate(rate_hz: int, what: str, error: type[IntentdError] = AudioFileError) -> None:
+    """Refuse sample rates no microphone or file really has, as `error` (a file's by default)."""
     if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
-        raise AudioFileError(
-            f"{what}: sample rate {rate_hz} Hz is outside {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz"
-        )
+        raise error(f"{what}: sample rate {rate_hz} Hz is outside {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz")
 
 
 def open_wav(path: str | Path) -> sf.SoundFile:

@@ -18,10 +18,9 @@ import numpy as np
 import soundfile as sf
 
 from intentd.audio import (
-    MAX_RATE_HZ,
-    MIN_RATE_HZ,
     Chunk,
     block_frames,
+    check_rate,
     open_wav,
     read_block,
     shown,
@@ -280,10 +279,7 @@ class MicSource:
             self._rescan = False
         dev = find_input_device(self.device)
         rate_hz = self._requested_rate_hz or round(dev.default_rate_hz)
-        if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
-            raise AudioDeviceError(
-                f"{self.name}: sample rate {rate_hz} Hz is outside {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz"
-            )
+        check_rate(rate_hz, self.name, AudioDeviceError)
         default_channels = max(1, min(dev.max_input_channels, MAX_DEFAULT_CHANNELS))
         channels = self._requested_channels or default_channels
         self._queue = queue.Queue(self._queue.maxsize)

@@ -237,6 +237,12 @@ def test_unknown_mic_lists_the_input_devices(tmp_path: Path):
         MicSource(999).open()
 
 
+def test_mic_refuses_a_rate_no_microphone_has_as_a_device_error(tmp_path: Path):
+    device = speech_device(tmp_path, rate_hz=16000, channels=1)
+    with pytest.raises(AudioDeviceError, match="sample rate 500 Hz is outside"):
+        MicSource(device.name, rate_hz=500, channels=1).open()
+
+
 def test_mic_reports_a_stream_that_stops_by_itself(tmp_path: Path):
     import sounddevice as sd
 
