@@ -356,7 +356,9 @@ def main() -> int:
     except HeldoutError as e:
         print(f"heldout: error: {e}", file=sys.stderr)
         return 2
-    (args.out / "heldout.json").write_text(json.dumps(report, indent=1))
+    # Paths under the repo are written relative to it, so a snapshot names no machine's folders.
+    text = json.dumps(report, indent=1).replace(json.dumps(str(REPO) + "/")[1:-1], "")
+    (args.out / "heldout.json").write_text(text)
     plot(report, args.out / "heldout.png")
     print_table(report)
     print(f"wrote {args.out / 'heldout.json'} and heldout.png in {report['elapsed_s']['total']:.0f} s")
