@@ -27,11 +27,25 @@ EXIT_TIMEOUT_S = 5.0
 WARMUP_INTENT = "warmup"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Proc:
     """A subprocess whose stdout and stderr lines are read by threads into queues."""
 
     def __init__(self, argv: list[str]) -> None:
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.p = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            # As from a terminal: a suite started in the background (`make test &`) passes an
+            # ignored SIGINT on to its children, and Python then never turns Ctrl-C into
+            # KeyboardInterrupt, so the SIGINT test would wait forever.
+            preexec_fn=_default_sigint,
+        )
         self.out: queue.Queue[str] = queue.Queue()
         self.err: queue.Queue[str] = queue.Queue()
         self.err_lines: list[str] = []
