@@ -49,16 +49,15 @@ class WithTranscriptHead(nn.Module):
         transcript_lengths: torch.Tensor | None = None,
     ) -> Any:
         """Intent logits; with labels, loss = intent CE + ctc_weight * transcript CTC."""
+        keep = None if transcript_lengths is None else (transcript_lengths > 0).nonzero().squeeze(1)
+        with_ctc = transcript is not None and keep is not None and keep.numel() > 0
         out = self.classifier(
             input_values,
             attention_mask=attention_mask,
             labels=labels,
-            output_hidden_states=transcript is not None,
+            output_hidden_states=with_ctc,
         )
-        if transcript is None or transcript_lengths is None or out.loss is None:
-            return out
-        has_text = transcript_lengths > 0
-        if not bool(has_text.any()):
+        if not with_ctc or out.loss is None:
             return out
         samples = (
             attention_mask.sum(-1)
@@ -67,14 +66,11 @@ class WithTranscriptHead(nn.Module):
         )
         frames = self.classifier.wav2vec2._get_feat_extract_output_lengths(samples)
         log_probs = self.ctc_head(out.hidden_states[-1]).float().log_softmax(-1).transpose(0, 1)
-        keep = has_text.nonzero().squeeze(1)
-        targets = transcript[keep]
-        lengths = transcript_lengths[keep]
         ctc = nn.functional.ctc_loss(
             log_probs[:, keep],
-            torch.cat([t[:n] for t, n in zip(targets, lengths, strict=True)]),
+            transcript[keep],  # padded (N, S): ctc_loss reads each row up to its length
             frames[keep],
-            lengths,
+            transcript_lengths[keep],
             blank=BLANK,
             zero_infinity=True,
         )
