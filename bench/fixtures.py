@@ -12,7 +12,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from streams import REQUESTS, VOICES
+from streams import REQUESTS, VOICES, Stream, build_stream
 
 from intentd.resample import MODEL_RATE_HZ, resample
 from intentd.speak import speak
@@ -20,6 +20,7 @@ from intentd.speak import speak
 OUT_DIR = Path(__file__).resolve().parent / "out"
 BASE_MODEL_DIR = OUT_DIR / "models" / "base"
 CLIPS_DIR = OUT_DIR / "clips"
+STREAMS_DIR = OUT_DIR / "streams"
 MIN_CLIP_S = 1.0
 MAX_CLIP_S = 5.0
 # espeak-ng pads with near-silence; below this counts as silence when trimming.
@@ -63,8 +64,8 @@ def base_checkpoint(out: Path = BASE_MODEL_DIR, seed: int = 0) -> Path:
 def utterance_files(n: int = 100, seed: int = 0) -> list[Path]:
     """`n` espeak-ng utterances of 1-5 s (several voices, rates, phrasings) as 16 kHz WAVs."""
     index = CLIPS_DIR / f"index-{n}-{seed}.json"
-    if index.exists():
-        return [Path(p) for p in json.loads(index.read_text())]
+    if index.exists():  # names only, so the cache can travel to another machine's checkout
+        return [CLIPS_DIR / Path(p).name for p in json.loads(index.read_text())]
     CLIPS_DIR.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     phrases = list(REQUESTS) + list(SHORT_PHRASES)
@@ -83,8 +84,24 @@ def utterance_files(n: int = 100, seed: int = 0) -> list[Path]:
         path = CLIPS_DIR / f"u{seed}-{len(paths):03d}.wav"
         sf.write(path, clip, MODEL_RATE_HZ, subtype="FLOAT")
         paths.append(path)
-    index.write_text(json.dumps([str(p) for p in paths]))
+    index.write_text(json.dumps([p.name for p in paths]))
     return paths
+
+
+def cached_stream(duration_s: float, rate_hz: int, gap_range_s: tuple[float, float], seed: int) -> Stream:
+    """`build_stream(...)` at 20 dB SNR, kept in bench/out/streams (as 16-bit PCM), so a machine
+    without espeak-ng can run the live benchmarks on streams made elsewhere."""
+    lo, hi = gap_range_s
+    path = STREAMS_DIR / f"s{duration_s:g}-{rate_hz}-{lo:g}-{hi:g}-{seed}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            spans = [(float(a), float(b)) for a, b in z["spans_s"]]
+            return Stream(z["pcm"].astype(np.float32) / 32767, rate_hz, spans, [str(i) for i in z["intents"]])
+    s = build_stream(duration_s, rate_hz, 20.0, gap_range_s=gap_range_s, seed=seed)
+    STREAMS_DIR.mkdir(parents=True, exist_ok=True)
+    pcm = np.round(s.samples * 32767).astype(np.int16)
+    np.savez(path, pcm=pcm, spans_s=np.array(s.spans_s), intents=np.array(s.intents))
+    return Stream(pcm.astype(np.float32) / 32767, rate_hz, s.spans_s, s.intents)
 
 
 def machine_load() -> dict[str, float | int]:

@@ -1,12 +1,17 @@
 """Throughput: `intentd classify`'s code path vs transformers' audio-classification pipeline, one run.
 
     .venv/bin/python bench/throughput.py [--clips 100] [--block 10] [--variants fp32 int8 fp32-eager ...]
+    python bench/throughput.py --device cuda --repeat 20 --block 256 --variants fp16-b1 fp16-b64 ...
 
 Both run the same wav2vec2-base checkpoint (random init, 14 labels; bench/fixtures.py) on the same
 generated 1-5 s utterances, read through the daemon's front end (`load_clip`). Variants run
 interleaved, block by block, so a neighbour's load hits all of them alike; the reported numbers are
 ratios against the pipeline measured in this run. int8 agreement is also measured on a trained
-checkpoint (models/demo if present, else --trained DIR). Writes bench/out/throughput.{json,png}.
+checkpoint (models/demo if present, else --trained DIR); on cuda, fp16 there against fp32 on the CPU.
+A variant is a precision (`pipeline`, `fp32`, `int8`, or `fp16`: what fp32 runs as on cuda) and
+optional parts: `1thread`, `eager` (attention), `b<N>` (max batch, default 8), `equal` (batch only
+clips of equal length, as before per-clip norms let wav2vec2-base mix lengths).
+Writes bench/out/throughput.{json,png}.
 """
 
 from __future__ import annotations
@@ -30,16 +35,17 @@ from intentd.model import Classifier
 from intentd.resample import MODEL_RATE_HZ
 
 DEFAULT_VARIANTS = ["fp32", "int8", "fp32-eager", "pipeline-1thread", "fp32-1thread", "int8-1thread"]
+CUDA_VARIANTS = ["fp16-b1", "fp16-b8", "fp16-b64-equal", "fp16-b64", "fp16-b256"]
 MAX_BATCH = 8  # intentd's default model.max_batch
 TRAINED_FALLBACK = OUT_DIR / "models" / "trained-tiny"
 Runner = Callable[[list[np.ndarray]], list[str]]
 
 
-def pipeline_runner(model: Path) -> Runner:
+def pipeline_runner(model: Path, device: str = "cpu") -> Runner:
     """The seed's inference path: one pipeline call per clip, as its docs show."""
     from transformers import pipeline
 
-    pipe = pipeline("audio-classification", model=str(model), device="cpu")
+    pipe = pipeline("audio-classification", model=str(model), device=device)
 
     def run(clips: list[np.ndarray]) -> list[str]:
         return [pipe({"raw": c, "sampling_rate": MODEL_RATE_HZ}, top_k=1)[0]["label"] for c in clips]
@@ -47,12 +53,21 @@ def pipeline_runner(model: Path) -> Runner:
     return run
 
 
-def classify_runner(model: Path, precision: str = "fp32", attn: str | None = None) -> Runner:
+def classify_runner(
+    model: Path,
+    precision: str = "fp32",
+    attn: str | None = None,
+    device: str = "cpu",
+    max_batch: int = MAX_BATCH,
+    equal_lengths: bool = False,
+) -> Runner:
     """`intentd classify`'s path: Classifier + classify_clips (sorted by length, batches of max_batch)."""
-    clf = Classifier(model, device="cpu", top_k=1, precision=precision)
+    clf = Classifier(model, device=device, top_k=1, precision=precision)
     if attn is not None:
         clf.model.set_attn_implementation(attn)
-    return lambda clips: [p.intent for p in classify_clips(clf, clips, MAX_BATCH)]
+    if equal_lengths:
+        clf.mixes_lengths = False
+    return lambda clips: [p.intent for p in classify_clips(clf, clips, max_batch)]
 
 
 def with_threads(n: int, run: Runner) -> Runner:
@@ -69,33 +84,44 @@ def with_threads(n: int, run: Runner) -> Runner:
     return wrapped
 
 
-def build_runners(model: Path, variants: list[str]) -> dict[str, Runner]:
+def variant_runner(model: Path, variant: str, device: str) -> Runner:
+    """A runner for a variant name such as `int8-1thread` or `fp16-b64-equal` (see the module doc)."""
+    head, *parts = variant.split("-")
+    if head not in ("pipeline", "fp32", "int8", "fp16") or (head == "fp16") != (device == "cuda"):
+        raise SystemExit(f"unknown variant {variant!r} on {device}")
+    batch = [int(p[1:]) for p in parts if p[:1] == "b" and p[1:].isdigit()]
+    if set(parts) - {"1thread", "eager", "equal"} - {f"b{n}" for n in batch}:
+        raise SystemExit(f"unknown variant {variant!r}")
+    if head == "pipeline":
+        run = pipeline_runner(model, device)
+    else:
+        run = classify_runner(
+            model,
+            "int8" if head == "int8" else "fp32",
+            attn="eager" if "eager" in parts else None,
+            device=device,
+            max_batch=batch[0] if batch else MAX_BATCH,
+            equal_lengths="equal" in parts,
+        )
+    return with_threads(1, run) if "1thread" in parts else run
+
+
+def build_runners(model: Path, variants: list[str], device: str = "cpu") -> dict[str, Runner]:
     """The pipeline baseline plus the requested intentd variants."""
-    runners: dict[str, Runner] = {"pipeline": pipeline_runner(model)}
+    runners: dict[str, Runner] = {"pipeline": pipeline_runner(model, device)}
     for v in variants:
-        if v == "fp32":
-            runners[v] = classify_runner(model)
-        elif v == "int8":
-            runners[v] = classify_runner(model, "int8")
-        elif v == "fp32-eager":
-            runners[v] = classify_runner(model, attn="eager")
-        elif v == "fp32-1thread":
-            runners[v] = with_threads(1, classify_runner(model))
-        elif v == "pipeline-1thread":
-            runners[v] = with_threads(1, pipeline_runner(model))
-        elif v == "int8-1thread":
-            runners[v] = with_threads(1, classify_runner(model, "int8"))
-        else:
-            raise SystemExit(f"unknown variant {v!r}")
+        runners[v] = variant_runner(model, v, device)
     return runners
 
 
-def timed(runners: dict[str, Runner], clips: list[np.ndarray], block: int) -> dict[str, dict[str, object]]:
+def timed(
+    runners: dict[str, Runner], clips: list[np.ndarray], block: int, warmup: int = 1
+) -> dict[str, dict[str, object]]:
     """Seconds and labels per runner, running the runners in turn on each block of clips."""
     secs = dict.fromkeys(runners, 0.0)
     labels: dict[str, list[str]] = {k: [] for k in runners}
-    for run in runners.values():  # warm-up: lazy init, allocator, thread pool
-        run(clips[:1])
+    for run in runners.values():  # warm-up: lazy init, allocator, thread pool (and cuda kernels)
+        run(clips[:warmup])
     for start in range(0, len(clips), block):
         part = clips[start : start + block]
         for name, run in runners.items():
@@ -110,10 +136,11 @@ def agreement(a: list[str], b: list[str]) -> float:
     return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
 
 
-def trained_agreement(model: Path, clips: list[np.ndarray]) -> dict[str, object]:
-    """int8 vs fp32 on a trained checkpoint: top-1 agreement, largest probability change, time ratio."""
+def trained_agreement(model: Path, clips: list[np.ndarray], device: str = "cpu") -> dict[str, object]:
+    """fp32 on the CPU vs int8 there (or fp16 on cuda) on a trained checkpoint: top-1 agreement,
+    largest probability change, time ratio."""
     fp32 = Classifier(model, device="cpu", top_k=1000)
-    int8 = Classifier(model, device="cpu", top_k=1000, precision="int8")
+    int8 = Classifier(model, device=device, top_k=1000, precision="int8" if device == "cpu" else "fp32")
     t0 = time.perf_counter()
     a = classify_clips(fp32, clips, MAX_BATCH)
     t1 = time.perf_counter()
@@ -123,6 +150,7 @@ def trained_agreement(model: Path, clips: list[np.ndarray]) -> dict[str, object]
     return {
         "model": str(model),
         "labels_predicted_fp32": len({x.intent for x in a}),
+        "compared": "int8 vs fp32 on cpu" if device == "cpu" else "fp16 on cuda vs fp32 on cpu",
         "int8_vs_fp32_top1": agreement([x.intent for x in a], [y.intent for y in b]),
         "max_abs_prob_change": round(max(diffs), 4),
         "mean_max_abs_prob_change": round(float(np.mean(diffs)), 4),
@@ -149,7 +177,8 @@ def plot(report: dict[str, object], path: Path) -> None:
         ax.annotate(f"{rows[n]['speedup_vs_pipeline']:.2f}x", top, ha="center", va="bottom")
     load = report["machine"]
     ax.set_ylabel("real-time factor (lower is faster)")
-    ax.set_title(f"wav2vec2-base, {report['clips']} clips, CPU x{load['cpus']}, load {load['loadavg_1m']}")  # type: ignore[index]
+    where = report.get("gpu") or f"CPU x{load['cpus']}"  # type: ignore[index]
+    ax.set_title(f"wav2vec2-base, {report['clips']} clips, {where}, load {load['loadavg_1m']}")  # type: ignore[index]
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -158,7 +187,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=100)
     ap.add_argument("--block", type=int, default=10, help="clips per interleaved block")
-    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=None, help="default: a CPU or a cuda set")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="run the clip set this many times (a GPU needs more)"
+    )
+    ap.add_argument("--warmup", type=int, default=1, help="clips each variant runs untimed first")
     ap.add_argument("--trained", type=Path, default=None, help="trained checkpoint for int8 agreement")
     ap.add_argument("--out", type=Path, default=OUT_DIR / "throughput.json")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for the whole run (0: default)")
@@ -166,10 +200,11 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = base_checkpoint()
-    clips = [load_clip(str(p)) for p in utterance_files(args.clips)]
+    clips = [load_clip(str(p)) for p in utterance_files(args.clips)] * args.repeat
     audio_s = sum(len(c) for c in clips) / MODEL_RATE_HZ
     load_before = machine_load()
-    res = timed(build_runners(model, args.variants), clips, args.block)
+    variants = args.variants or (CUDA_VARIANTS if args.device == "cuda" else DEFAULT_VARIANTS)
+    res = timed(build_runners(model, variants, args.device), clips, args.block, args.warmup)
     base_s = res["pipeline"]["seconds"]
     ref_labels = res["pipeline"]["labels"]
     results = {}
@@ -178,9 +213,12 @@ def main() -> int:
         results[name] = {
             "seconds": round(s, 3),  # type: ignore[arg-type]
             "utterances_per_s": round(len(clips) / s, 3),  # type: ignore[operator]
-            "rtf": round(s / audio_s, 4),  # type: ignore[operator]
+            "rtf": round(s / audio_s, 5),  # type: ignore[operator]
+            "x_real_time": round(audio_s / s, 1),  # type: ignore[operator]
             "speedup_vs_pipeline": round(base_s / s, 3),  # type: ignore[operator]
             "top1_agreement_vs_pipeline": agreement(r["labels"], ref_labels),  # type: ignore[arg-type]
+            # Same precision, batched vs one clip per pass: padding must not change answers.
+            f"top1_agreement_vs_{variants[0]}": agreement(r["labels"], res[variants[0]]["labels"]),  # type: ignore[arg-type]
         }
         print(json.dumps({"variant": name, **results[name]}))
     trained = args.trained or (DEMO_MODEL_DIR if DEMO_MODEL_DIR.is_dir() else TRAINED_FALLBACK)
@@ -188,14 +226,16 @@ def main() -> int:
         "model": "wav2vec2-base (Wav2Vec2Config() defaults, random init, 14 labels, no attention mask)",
         "clips": len(clips),
         "audio_s": round(audio_s, 2),
-        "max_batch": MAX_BATCH,
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "machine": {"before": load_before, **machine_load()},
         "results": results,
         "labels_predicted_by_pipeline": len(set(ref_labels)),  # type: ignore[arg-type]
     }
     if (trained / "model.safetensors").is_file():
-        report["trained_int8"] = trained_agreement(trained, clips)
+        report["trained_int8"] = trained_agreement(trained, clips[: args.clips], args.device)
         print(json.dumps(report["trained_int8"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 WARMUP_S = 1.0
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "int8")
-# Checkpoints that take an attention mask batch clips whose lengths are within this ratio of each
-# other: sorted length buckets keep padding (work spent on zeros) under 25 % of a batch.
+# Clips whose lengths are within this ratio of each other share a forward pass: sorted length
+# buckets keep padding (work spent on zeros) under 25 % of a batch.
 MAX_PAD_RATIO = 1.25
 
 
@@ -65,7 +65,7 @@ def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
 
 
 def batch_groups(
-    lengths: Sequence[int], pads_with_mask: bool, max_pad_ratio: float = MAX_PAD_RATIO
+    lengths: Sequence[int], mixes_lengths: bool, max_pad_ratio: float = MAX_PAD_RATIO
 ) -> list[list[int]]:
     """Indices of clips that may share one forward pass, each group in ascending length order."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -73,8 +73,8 @@ def batch_groups(
     for i in order:
         if groups:
             first = lengths[groups[-1][0]]
-            # Without a mask padding changes the result, so only equal lengths share a batch.
-            fits = lengths[i] <= first * max_pad_ratio if pads_with_mask else lengths[i] == first
+            # Where padding would change the result, only equal lengths share a batch.
+            fits = lengths[i] <= first * max_pad_ratio if mixes_lengths else lengths[i] == first
             if fits:
                 groups[-1].append(i)
                 continue
@@ -106,9 +106,12 @@ class Classifier:
         cfg = self.model.config
         self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
         self.name = self.path.resolve().name
-        # Checkpoints whose feature extractor gives no attention mask (wav2vec2-base: group norm
-        # over time in the first conv) see padding as signal, so only equal lengths may share a batch.
-        self.pads_with_mask = bool(getattr(self.extractor, "return_attention_mask", False))
+        # Clips of different lengths share a pass when padding cannot change their results: the
+        # checkpoint takes an attention mask, or its one time-wide norm is made to skip the padding.
+        self.clip_norm = _ClipLengthNorm.install(self.model)
+        self.mixes_lengths = self.clip_norm is not None or bool(
+            getattr(self.extractor, "return_attention_mask", False)
+        )
         if self.dtype == torch.float16:
             self.model.half()
         elif self.dtype == torch.qint8:
@@ -139,7 +142,7 @@ class Classifier:
         return [p for p in out if p is not None]
 
     def _groups(self, batch: Sequence[np.ndarray]) -> list[list[int]]:
-        return batch_groups([len(x) for x in batch], self.pads_with_mask)
+        return batch_groups([len(x) for x in batch], self.mixes_lengths)
 
     @torch.inference_mode()
     def _forward(self, xs: list[np.ndarray]) -> np.ndarray:
@@ -147,15 +150,26 @@ class Classifier:
             xs,
             sampling_rate=MODEL_RATE_HZ,
             padding=True,
-            return_attention_mask=self.pads_with_mask,
+            return_attention_mask=self.mixes_lengths,
             return_tensors="pt",
         )
-        inputs = {
-            k: (v.to(self.device, self.input_dtype) if v.is_floating_point() else v.to(self.device))
-            for k, v in feats.items()
-        }
-        logits = self.model(**inputs).logits.float()
+        inputs = {k: self._to_device(v) for k, v in feats.items()}
+        if self.clip_norm is not None and "attention_mask" in feats:
+            self.clip_norm.samples = feats["attention_mask"].sum(-1)  # host copy: no device sync
+        try:
+            logits = self.model(**inputs).logits.float()
+        finally:
+            if self.clip_norm is not None:
+                self.clip_norm.samples = None
         return torch.softmax(logits, dim=-1).cpu().numpy()
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the model's device, floats in the model's input dtype."""
+        if self.device.type == "cuda":
+            # Page-locked memory lets the copy run as DMA, without a staging copy by the driver.
+            t = t.pin_memory()
+        dtype = self.input_dtype if t.is_floating_point() else t.dtype
+        return t.to(self.device, dtype, non_blocking=True)
 
     def _prediction(self, probs: np.ndarray, inference_ms: float) -> Prediction:
         order = np.argsort(-probs)[: max(1, self.top_k)]
@@ -164,6 +178,49 @@ class Classifier:
         if score < self.min_score:
             label = self.unknown_label
         return Prediction(label, score, top, inference_ms)
+
+
+class _ClipLengthNorm(torch.nn.Module):
+    """wav2vec2's first-layer GroupNorm, computed over each clip's own frames in a padded batch.
+
+    Checkpoints like wav2vec2-base normalise each channel of the first conv layer over the whole
+    clip, so zeros padded onto a short clip would shift its statistics and its scores. That is the
+    one place where time positions mix before the transformer, and the transformer and pooling take
+    the attention mask. With this norm, a clip in a padded batch scores what it scores alone.
+    """
+
+    def __init__(self, norm: torch.nn.GroupNorm, conv: torch.nn.Conv1d) -> None:
+        super().__init__()
+        self.norm = norm
+        self.kernel = int(conv.kernel_size[0])
+        self.stride = int(conv.stride[0])
+        self.samples: torch.Tensor | None = None  # real samples of each clip in the batch being run
+
+    @classmethod
+    def install(cls, model: torch.nn.Module) -> _ClipLengthNorm | None:
+        """Put one in place of the model's first-layer GroupNorm; None where there is none to replace."""
+        layers = getattr(getattr(model.base_model, "feature_extractor", None), "conv_layers", None)
+        first = layers[0] if layers else None
+        norm = getattr(first, "layer_norm", None)
+        conv = getattr(first, "conv", None)
+        if not (isinstance(norm, torch.nn.GroupNorm) and isinstance(conv, torch.nn.Conv1d)):
+            return None
+        if norm.num_groups != norm.num_channels or not norm.affine:
+            return None
+        first.layer_norm = cls(norm, conv)
+        return first.layer_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, channels, frames) normalised per clip and channel over that clip's frames."""
+        if self.samples is None or x.shape[0] == 1:
+            return self.norm(x)
+        frames = ((self.samples - self.kernel) // self.stride + 1).tolist()
+        stats = [torch.var_mean(x[i, :, :n].float(), dim=-1, unbiased=False) for i, n in enumerate(frames)]
+        var = torch.stack([v for v, _ in stats]).unsqueeze(-1)
+        mean = torch.stack([m for _, m in stats]).unsqueeze(-1)
+        scale = torch.rsqrt(var + self.norm.eps) * self.norm.weight.float()[:, None]
+        # In place: the conv output is a fresh tensor, and a batch of long clips makes it large.
+        return x.sub_(mean.to(x.dtype)).mul_(scale.to(x.dtype)).add_(self.norm.bias[:, None].to(x.dtype))
 
 
 def _quantize_linear(model: torch.nn.Module) -> None:

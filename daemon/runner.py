@@ -364,10 +364,10 @@ class Pipeline:
         """Classify a batch, one model pass per length group, publishing in arrival order.
 
         Each group's results go out as soon as every earlier job of the batch is done, so a
-        no-mask checkpoint (one pass per length) does not hold all results until its last pass.
+        checkpoint that batches only equal lengths does not hold all results until its last pass.
         """
         batch = [j for j in batch if j.speculation is None or self.speculations.wanted(j.speculation)]
-        groups = batch_groups([j.samples.size for j in batch], self.classifier.pads_with_mask)
+        groups = batch_groups([j.samples.size for j in batch], self.classifier.mixes_lengths)
         done: dict[int, Result | None] = {}
         released = 0
         for group in sorted(groups, key=min):

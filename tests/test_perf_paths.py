@@ -51,26 +51,64 @@ def test_int8_batched_equals_one_at_a_time(tiny_model: Path, clips: list[np.ndar
             assert got[label] == pytest.approx(score, abs=2e-2)  # activations are quantised per batch
 
 
-@pytest.mark.parametrize("pads_with_mask", [True, False])
-def test_length_buckets_cover_every_clip_once(pads_with_mask: bool) -> None:
+@pytest.mark.parametrize("mixes_lengths", [True, False])
+def test_length_buckets_cover_every_clip_once(mixes_lengths: bool) -> None:
     rng = np.random.default_rng(0)
     lengths = [int(n) for n in rng.integers(1_600, 80_000, size=50)] + [16_000] * 5
-    groups = batch_groups(lengths, pads_with_mask)
+    groups = batch_groups(lengths, mixes_lengths)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
     for g in groups:
         ls = [lengths[i] for i in g]
         assert ls == sorted(ls)
-        assert max(ls) <= min(ls) * 1.25 if pads_with_mask else len(set(ls)) == 1
+        assert max(ls) <= min(ls) * 1.25 if mixes_lengths else len(set(ls)) == 1
     assert any(len(g) == 5 for g in groups)  # equal lengths always share a batch
 
 
-def test_bucketed_batch_returns_input_order(tiny_model: Path, clips: list[np.ndarray]) -> None:
-    clf = Classifier(tiny_model, device="cpu", top_k=14)
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_model_nomask"])
+def test_bucketed_batch_returns_input_order(
+    fixture: str, clips: list[np.ndarray], request: pytest.FixtureRequest
+) -> None:
+    clf = Classifier(request.getfixturevalue(fixture), device="cpu", top_k=14)
+    assert clf.mixes_lengths
     shuffled = [clips[i] for i in (3, 0, 7, 1, 9, 2, 8, 4, 6, 5)]
     assert len(batch_groups([len(c) for c in shuffled], True)) > 1  # several buckets
     for clip, b in zip(shuffled, clf.classify(shuffled), strict=True):
         (single,) = clf.classify([clip])
         assert b.intent == single.intent and b.score == pytest.approx(single.score, abs=1e-3)
+
+
+def test_padded_batch_scores_each_clip_as_alone_without_a_mask(
+    tmp_path: Path, clips: list[np.ndarray]
+) -> None:
+    """wav2vec2-base-style checkpoints (group norm, no mask) batch mixed lengths exactly."""
+    from tinymodel import save_tiny_checkpoint
+
+    # Larger initial weights than the default give confident scores, which padding visibly moves.
+    path = save_tiny_checkpoint(tmp_path, with_attention_mask=False, initializer_range=0.2)
+    clf = Classifier(path, device="cpu", top_k=14)
+    group = [c for c in clips if len(c) <= min(map(len, clips)) * 1.25]
+    assert len(group) >= 3 and len({len(c) for c in group}) == len(group)
+    assert batch_groups([len(c) for c in group], clf.mixes_lengths) == [
+        sorted(range(len(group)), key=lambda i: len(group[i]))
+    ]  # one pass for all of them
+    batched = clf.classify(group)
+    alone = [clf.classify([c])[0] for c in group]
+    for b, a in zip(batched, alone, strict=True):
+        assert dict(b.top_k) == pytest.approx(dict(a.top_k), abs=1e-5)
+    # The same padded batch through the checkpoint's own GroupNorm scores differently: the
+    # padding is what the per-clip norm keeps out.
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    model = AutoModelForAudioClassification.from_pretrained(str(path)).eval()
+    feats = AutoFeatureExtractor.from_pretrained(str(path))(
+        group, sampling_rate=MODEL_RATE_HZ, padding=True, return_attention_mask=True, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        plain = torch.softmax(model(**feats).logits, dim=-1).numpy()
+    moved = [
+        abs(plain[i] - [dict(a.top_k)[label] for label in clf.labels]).max() for i, a in enumerate(alone)
+    ]
+    assert max(moved) > 1e-3
 
 
 def test_cuda_runs_fp16_and_refuses_int8() -> None:

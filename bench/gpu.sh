@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue #6's GPU benchmarks in one run: batched throughput, then capacity, on cuda.
+#
+#   bench/gpu.sh [OUT_DIR]          (default bench/out/gpu)
+#   bench/gpu.sh --prepare          makes the inputs in bench/out (needs espeak-ng)
+#
+# The run needs a python (PYTHON, default python3) with torch on cuda, transformers, and intentd
+# importable. Its inputs (clips and streams) are made beforehand by --prepare on any machine with
+# espeak-ng, since a GPU box may have none, and travel in bench/out. Capacity runs without
+# speculation, so its p99 (cut -> event) holds the whole queue + inference + publish time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+STREAM_S=30
+STREAMS="128 256 384"
+if [ "${1:-}" = "--prepare" ]; then
+    exec "$PY" -c "
+import sys; sys.path.insert(0, 'bench')
+from fixtures import cached_stream, utterance_files
+from live import DISTINCT_STREAMS, SPEECH_GAPS_S
+utterance_files(100)
+for seed in range(DISTINCT_STREAMS):
+    cached_stream($STREAM_S, 16000, SPEECH_GAPS_S['capacity'], seed)
+"
+fi
+out=${1:-bench/out/gpu}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+    | tee -a "$out/gpu.txt"
+"$PY" bench/throughput.py --device cuda --repeat 20 --block 256 --warmup 256 --out "$out/throughput-cuda.json"
+# shellcheck disable=SC2086
+"$PY" bench/live.py capacity --device cuda --precision fp32 --max-batch 64 --streams $STREAMS \
+    --duration-s "$STREAM_S" --speculative off --p99-of daemon --p99-target-ms 150 --out "$out/capacity-cuda.json"
