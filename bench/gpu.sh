@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue #6's GPU benchmarks in one run: batched throughput, then capacity, on cuda.
+# Issue #6's GPU benchmarks in one run, on cuda: per-call cost by input shape, batched
+# throughput, then capacity.
 #
 #   bench/gpu.sh [OUT_DIR]          (default bench/out/gpu)
 #   bench/gpu.sh --prepare          makes the inputs in bench/out (needs espeak-ng)
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 STREAM_S=30
-STREAMS="128 256 384"
+STREAMS="64 128 256 384"
 if [ "${1:-}" = "--prepare" ]; then
     exec "$PY" -c "
 import sys; sys.path.insert(0, 'bench')
@@ -28,7 +29,8 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$out/gpu.txt"
-"$PY" bench/throughput.py --device cuda --repeat 20 --block 256 --warmup 256 --out "$out/throughput-cuda.json"
+"$PY" bench/shapes.py --out "$out/shapes-cuda.json"
+"$PY" bench/throughput.py --device cuda --repeat 10 --block 256 --warmup 256 --out "$out/throughput-cuda.json"
 # shellcheck disable=SC2086
 "$PY" bench/live.py capacity --device cuda --precision fp32 --max-batch 64 --streams $STREAMS \
     --duration-s "$STREAM_S" --speculative off --p99-of daemon --p99-target-ms 150 --out "$out/capacity-cuda.json"

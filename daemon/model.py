@@ -27,6 +27,10 @@ PRECISIONS = ("fp32", "int8")
 # Clips whose lengths are within this ratio of each other share a forward pass: sorted length
 # buckets keep padding (work spent on zeros) under 25 % of a batch.
 MAX_PAD_RATIO = 1.25
+# On cuda each new input shape costs kernel selection (a cuDNN plan per conv layer) and allocator
+# growth, and utterance lengths never repeat. Where padding is exact, batches are padded up to a
+# length grid and a power-of-two batch size, so a running daemon sees a few dozen shapes.
+SHAPE_STEP_SAMPLES = 4_000  # 0.25 s
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class Classifier:
         self.mixes_lengths = self.clip_norm is not None or bool(
             getattr(self.extractor, "return_attention_mask", False)
         )
+        self.pads_to_shapes = self.mixes_lengths and self.device.type == "cuda"
         if self.dtype == torch.float16:
             self.model.half()
         elif self.dtype == torch.qint8:
@@ -146,18 +151,24 @@ class Classifier:
 
     @torch.inference_mode()
     def _forward(self, xs: list[np.ndarray]) -> np.ndarray:
-        feats = self.extractor(
-            xs,
-            sampling_rate=MODEL_RATE_HZ,
-            padding=True,
-            return_attention_mask=self.mixes_lengths,
-            return_tensors="pt",
+        # A mask only where there is padding: with one it takes the model paths that skip it.
+        padded = self.pads_to_shapes or len({len(x) for x in xs}) > 1
+        feats = dict(
+            self.extractor(
+                xs,
+                sampling_rate=MODEL_RATE_HZ,
+                padding=True,
+                return_attention_mask=padded,
+                return_tensors="pt",
+            )
         )
+        if self.pads_to_shapes:
+            feats = _pad_to_shape(feats)
         inputs = {k: self._to_device(v) for k, v in feats.items()}
-        if self.clip_norm is not None and "attention_mask" in feats:
+        if self.clip_norm is not None and padded:
             self.clip_norm.samples = feats["attention_mask"].sum(-1)  # host copy: no device sync
         try:
-            logits = self.model(**inputs).logits.float()
+            logits = self.model(**inputs).logits[: len(xs)].float()
         finally:
             if self.clip_norm is not None:
                 self.clip_norm.samples = None
@@ -178,6 +189,23 @@ class Classifier:
         if score < self.min_score:
             label = self.unknown_label
         return Prediction(label, score, top, inference_ms)
+
+
+def _pad_to_shape(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Input values and mask padded to the next SHAPE_STEP_SAMPLES and power-of-two batch size.
+
+    Filler rows are silence marked as real, so no row has zero length; their outputs are dropped.
+    """
+    values, mask = feats["input_values"], feats["attention_mask"]
+    rows, length = values.shape
+    rows_to = 1 << (rows - 1).bit_length()
+    length_to = -(-length // SHAPE_STEP_SAMPLES) * SHAPE_STEP_SAMPLES
+    out_values = values.new_zeros(rows_to, length_to)
+    out_values[:rows, :length] = values
+    out_mask = mask.new_zeros(rows_to, length_to)
+    out_mask[:rows, :length] = mask
+    out_mask[rows:] = 1
+    return {"input_values": out_values, "attention_mask": out_mask}
 
 
 class _ClipLengthNorm(torch.nn.Module):
@@ -212,7 +240,7 @@ class _ClipLengthNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, channels, frames) normalised per clip and channel over that clip's frames."""
-        if self.samples is None or x.shape[0] == 1:
+        if self.samples is None:  # no padding in this batch
             return self.norm(x)
         frames = ((self.samples - self.kernel) // self.stride + 1).tolist()
         stats = [torch.var_mean(x[i, :, :n].float(), dim=-1, unbiased=False) for i, n in enumerate(frames)]

@@ -111,6 +111,21 @@ def test_padded_batch_scores_each_clip_as_alone_without_a_mask(
     assert max(moved) > 1e-3
 
 
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_model_nomask"])
+def test_shape_grid_padding_scores_each_clip_as_alone(
+    fixture: str, clips: list[np.ndarray], request: pytest.FixtureRequest
+) -> None:
+    """cuda pads batches to a length grid and a power-of-two size; the padding logic runs here."""
+    clf = Classifier(request.getfixturevalue(fixture), device="cpu", top_k=14)
+    assert not clf.pads_to_shapes  # cuda only: on a CPU padding is work
+    alone = [clf.classify([c])[0] for c in clips]
+    clf.pads_to_shapes = True
+    for group in ([0], [1, 2, 4], [0, 3, 5, 6, 7]):  # 1 row, 3 rows padded to 4, 5 to 8
+        got = clf.classify([clips[i] for i in group])
+        for i, g in zip(group, got, strict=True):
+            assert dict(g.top_k) == pytest.approx(dict(alone[i].top_k), abs=1e-5)
+
+
 def test_cuda_runs_fp16_and_refuses_int8() -> None:
     cuda = torch.device("cuda")  # a device object needs no GPU; selection logic is what is tested
     assert compute_dtype(cuda, "fp32") == torch.float16
