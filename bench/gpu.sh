@@ -13,7 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 STREAM_S=30
-STREAMS="64 128 256 384"
+STREAMS=${STREAMS:-"64 128 256 384"}
+CUDNN=${CUDNN:-on}  # model.cudnn for the capacity run
+REPEAT=${REPEAT:-10}
 if [ "${1:-}" = "--prepare" ]; then
     exec "$PY" -c "
 import sys; sys.path.insert(0, 'bench')
@@ -30,7 +32,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$out/gpu.txt"
 "$PY" bench/shapes.py --out "$out/shapes-cuda.json"
-"$PY" bench/throughput.py --device cuda --repeat 10 --block 256 --warmup 256 --out "$out/throughput-cuda.json"
+"$PY" bench/throughput.py --device cuda --repeat "$REPEAT" --block 256 --warmup 256 \
+    ${VARIANTS:+--variants $VARIANTS} --out "$out/throughput-cuda.json"
 # shellcheck disable=SC2086
-"$PY" bench/live.py capacity --device cuda --precision fp32 --max-batch 64 --streams $STREAMS \
+"$PY" bench/live.py capacity --device cuda --precision fp32 --max-batch 64 --cudnn "$CUDNN" --streams $STREAMS \
     --duration-s "$STREAM_S" --speculative off --p99-of daemon --p99-target-ms 150 --out "$out/capacity-cuda.json"

@@ -103,12 +103,14 @@ class Daemon:
         tmp: Path,
         device: str = "cpu",
         max_batch: int = 8,
+        cudnn: bool = True,
     ) -> None:
         self.audio_ep = f"ipc://{tmp}/audio.sock"
         events_ep = f"ipc://{tmp}/events.sock"
         cfg = tmp / "intentd.toml"
         cfg.write_text(
             f'[model]\nprecision = "{precision}"\nthreads = {threads}\nmax_batch = {max_batch}\n'
+            f"cudnn = {str(cudnn).lower()}\n"
             f"[source]\nnet_max_streams = {max_streams}\n"
             f"[vad]\nhangover_ms = {hangover_ms}\nspeculative = {str(speculative).lower()}\n"
         )
@@ -298,6 +300,7 @@ def one_case(
     threads: int,
     device: str = "cpu",
     max_batch: int = 8,
+    cudnn: bool = True,
 ) -> dict[str, object]:
     """Start a daemon, stream `n_streams` synthetic streams through it, stop it; the summary."""
     streams = [
@@ -315,6 +318,7 @@ def one_case(
             Path(tmp),
             device,
             max_batch,
+            cudnn,
         )
         try:
             res = summary(run_streams(daemon, streams), daemon)
@@ -323,6 +327,7 @@ def one_case(
     case = {
         "device": device,
         "max_batch": max_batch,
+        "cudnn": cudnn,
         "precision": precision,
         "threads": threads,
         "hangover_ms": hangover_ms,
@@ -410,6 +415,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[0], help="model.threads (0: torch's default)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--max-batch", type=int, default=8, help="model.max_batch")
+    ap.add_argument("--cudnn", choices=("on", "off"), default="on", help="model.cudnn (cuda only)")
     ap.add_argument("--p99-of", choices=("total", "daemon"), default="total", help="capacity's latency")
     ap.add_argument("--p99-target-ms", type=float, default=P99_TARGET_MS)
     ap.add_argument("--out", type=Path, default=None)
@@ -425,7 +431,7 @@ def main() -> int:
                     for n in sorted(args.streams) if args.command == "capacity" else [1]:
                         case = one_case(
                             model, precision, h, spec == "on", n, duration_s, gaps, threads,
-                            args.device, args.max_batch,
+                            args.device, args.max_batch, args.cudnn == "on",
                         )  # fmt: skip
                         cases.append(case)
                         if args.command == "capacity":

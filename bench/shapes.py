@@ -5,9 +5,10 @@
 Cases, each timed over --calls single-utterance calls after its own warm-up:
   repeat          one length, again and again (every kernel choice cached);
   fresh           a length never seen before on every call (what a live daemon gets);
-  fresh-nocudnn   the same with cuDNN off (PyTorch's own conv kernels, nothing to plan);
+  fresh-nocudnn   the same with cuDNN off (PyTorch's own conv kernels, nothing to plan), after
+                  its first 10 calls (fresh-nocudnn-first);
   fresh-grid      fresh lengths padded to the shape grid the Classifier uses on cuda, after the
-                  grid cells were seen once with other lengths.
+                  grid cells were seen once with other lengths; fresh-grid-nocudnn likewise.
 """
 
 from __future__ import annotations
@@ -56,13 +57,16 @@ def main() -> int:
     per_call_ms(clf, [base] * 5)
     rows["repeat"] = per_call_ms(clf, [base] * args.calls)
     rows["fresh"] = per_call_ms(clf, fresh(args.calls))
-    torch.backends.cudnn.enabled = False
-    per_call_ms(clf, fresh(5))
+    clf.cudnn = False
+    rows["fresh-nocudnn-first"] = per_call_ms(clf, fresh(10))
     rows["fresh-nocudnn"] = per_call_ms(clf, fresh(args.calls))
-    torch.backends.cudnn.enabled = True
+    clf.cudnn = True
     clf.pads_to_shapes = True
     per_call_ms(clf, fresh(5))  # the trims stay within one or two 0.25 s cells
     rows["fresh-grid"] = per_call_ms(clf, fresh(args.calls))
+    clf.cudnn = False
+    per_call_ms(clf, fresh(5))
+    rows["fresh-grid-nocudnn"] = per_call_ms(clf, fresh(args.calls))
     report = {
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,

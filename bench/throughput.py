@@ -10,7 +10,7 @@ ratios against the pipeline measured in this run. int8 agreement is also measure
 checkpoint (models/demo if present, else --trained DIR); on cuda, fp16 there against fp32 on the CPU.
 A variant is a precision (`pipeline`, `fp32`, `int8`, or `fp16`: what fp32 runs as on cuda) and
 optional parts: `1thread`, `eager` (attention), `b<N>` (max batch, default 8), `equal` (batch only
-clips of equal length, as before per-clip norms let wav2vec2-base mix lengths).
+clips of equal length, as before per-clip norms let wav2vec2-base mix lengths), `nocudnn`.
 Writes bench/out/throughput.{json,png}.
 """
 
@@ -60,6 +60,7 @@ def classify_runner(
     device: str = "cpu",
     max_batch: int = MAX_BATCH,
     equal_lengths: bool = False,
+    cudnn: bool = True,
 ) -> Runner:
     """`intentd classify`'s path: Classifier + classify_clips (sorted by length, batches of max_batch)."""
     clf = Classifier(model, device=device, top_k=1, precision=precision)
@@ -67,6 +68,7 @@ def classify_runner(
         clf.model.set_attn_implementation(attn)
     if equal_lengths:
         clf.mixes_lengths = False
+    clf.cudnn = cudnn
     return lambda clips: [p.intent for p in classify_clips(clf, clips, max_batch)]
 
 
@@ -90,7 +92,7 @@ def variant_runner(model: Path, variant: str, device: str) -> Runner:
     if head not in ("pipeline", "fp32", "int8", "fp16") or (head == "fp16") != (device == "cuda"):
         raise SystemExit(f"unknown variant {variant!r} on {device}")
     batch = [int(p[1:]) for p in parts if p[:1] == "b" and p[1:].isdigit()]
-    if set(parts) - {"1thread", "eager", "equal"} - {f"b{n}" for n in batch}:
+    if set(parts) - {"1thread", "eager", "equal", "nocudnn"} - {f"b{n}" for n in batch}:
         raise SystemExit(f"unknown variant {variant!r}")
     if head == "pipeline":
         run = pipeline_runner(model, device)
@@ -102,6 +104,7 @@ def variant_runner(model: Path, variant: str, device: str) -> Runner:
             device=device,
             max_batch=batch[0] if batch else MAX_BATCH,
             equal_lengths="equal" in parts,
+            cudnn="nocudnn" not in parts,
         )
     return with_threads(1, run) if "1thread" in parts else run
 

@@ -159,6 +159,7 @@ def _load_classifier(cfg: Any) -> Any:
         top_k=cfg.model.top_k,
         min_score=cfg.model.min_score,
         precision=cfg.model.precision,
+        cudnn=cfg.model.cudnn,
     )
     clf.warmup()
     return clf

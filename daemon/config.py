@@ -37,6 +37,7 @@ class ModelConfig:
     top_k: int = 3
     threads: int = 0  # 0: torch's default
     precision: str = "fp32"  # fp32, or int8: Linear layers dynamically quantised (CPU only)
+    cudnn: bool = True  # cuda only: cuDNN's convolutions; false: PyTorch's own kernels
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda"), "model.device must be auto, cpu or cuda")

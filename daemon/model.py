@@ -97,6 +97,7 @@ class Classifier:
         min_score: float = 0.0,
         unknown_label: str = "unknown",
         precision: str = "fp32",
+        cudnn: bool = True,
     ) -> None:
         self.path = Path(path)
         self.device = resolve_device(device)
@@ -104,6 +105,7 @@ class Classifier:
         # Checked before loading, so a bad combination fails in milliseconds, not after the load.
         self.dtype = compute_dtype(self.device, precision)
         self.top_k = top_k
+        self.cudnn = cudnn
         self.min_score = min_score
         self.unknown_label = unknown_label
         self.extractor, self.model = _load(self.path, self.device)
@@ -167,9 +169,12 @@ class Classifier:
         inputs = {k: self._to_device(v) for k, v in feats.items()}
         if self.clip_norm is not None and padded:
             self.clip_norm.samples = feats["attention_mask"].sum(-1)  # host copy: no device sync
+        cudnn_was = torch.backends.cudnn.enabled
+        torch.backends.cudnn.enabled = cudnn_was and self.cudnn
         try:
             logits = self.model(**inputs).logits[: len(xs)].float()
         finally:
+            torch.backends.cudnn.enabled = cudnn_was
             if self.clip_norm is not None:
                 self.clip_norm.samples = None
         return torch.softmax(logits, dim=-1).cpu().numpy()
