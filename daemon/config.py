@@ -37,7 +37,10 @@ class ModelConfig:
     top_k: int = 3
     threads: int = 0  # 0: torch's default
     precision: str = "fp32"  # fp32, or int8: Linear layers dynamically quantised (CPU only)
-    cudnn: bool = True  # cuda only: cuDNN's convolutions; false: PyTorch's own kernels
+    # cuda only: cuDNN's convolutions (true) or PyTorch's own (false). On an H200, own kernels ran a
+    # single utterance of wav2vec2-base 2.3x faster and cuDNN a batch of 64 1.7x faster
+    # (bench/RESULTS.md section 7); the daemon mostly runs batches of 1-2.
+    cudnn: bool = False
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda"), "model.device must be auto, cpu or cuda")

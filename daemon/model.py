@@ -97,7 +97,7 @@ class Classifier:
         min_score: float = 0.0,
         unknown_label: str = "unknown",
         precision: str = "fp32",
-        cudnn: bool = True,
+        cudnn: bool = False,
     ) -> None:
         self.path = Path(path)
         self.device = resolve_device(device)
