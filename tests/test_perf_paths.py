@@ -126,6 +126,22 @@ def test_shape_grid_padding_scores_each_clip_as_alone(
             assert dict(g.top_k) == pytest.approx(dict(alone[i].top_k), abs=1e-5)
 
 
+@pytest.mark.parametrize("cudnn", [True, False])
+def test_cudnn_choice_leaves_the_process_setting_alone(
+    tiny_model: Path, clips: list[np.ndarray], cudnn: bool
+) -> None:
+    """model.cudnn applies to the model's own passes; torch's global switch is restored after each."""
+    before = torch.backends.cudnn.enabled
+    clf = Classifier(tiny_model, device="cpu", cudnn=cudnn)
+    assert clf.classify(clips[:2]) and torch.backends.cudnn.enabled == before
+    torch.backends.cudnn.enabled = False
+    try:
+        clf.classify(clips[:1])
+        assert torch.backends.cudnn.enabled is False
+    finally:
+        torch.backends.cudnn.enabled = before
+
+
 def test_cuda_runs_fp16_and_refuses_int8() -> None:
     cuda = torch.device("cuda")  # a device object needs no GPU; selection logic is what is tested
     assert compute_dtype(cuda, "fp32") == torch.float16
