@@ -41,3 +41,21 @@ def test_an_augmented_clip_stays_float32_and_unclipped(clip: np.ndarray) -> None
     for _ in range(20):
         out = augmenter(clip)
         assert out.dtype == np.float32 and np.abs(out).max() <= 0.99
+
+
+def test_the_collator_augments_flagged_training_rows_only(clip: np.ndarray) -> None:
+    from transformers import Wav2Vec2FeatureExtractor
+
+    from intentd_train.augment import AUGMENT_COLUMN, Collator
+
+    extractor = Wav2Vec2FeatureExtractor(do_normalize=False, return_attention_mask=True)
+    collate = Collator(extractor, max_length_s=6.0, augmenter=Augmenter(AugmentConfig(max_share=1.0), seed=2))
+    rows = [
+        {"input_values": clip, "label": 0, AUGMENT_COLUMN: True},  # numpy, as training reads it
+        {"input_values": clip.tolist(), "label": 1},  # a held-out row: no flag
+    ]
+    batch = collate(rows)
+    n = clip.size
+    assert not np.allclose(batch["input_values"][0, :n].numpy(), clip, atol=1e-4)
+    assert np.allclose(batch["input_values"][1, :n].numpy(), clip, atol=1e-6)
+    assert batch["labels"].tolist() == [0, 1]

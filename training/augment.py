@@ -106,17 +106,8 @@ class Augmenter:
         return x + scale * noise
 
 
-class AugmentTransform:
-    """A `Dataset.with_transform` hook: a fresh augmentation each time a clip is read."""
-
-    def __init__(self, augmenter: Augmenter) -> None:
-        self.augmenter = augmenter
-
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        """Augment every waveform of a formatted batch."""
-        out = dict(batch)
-        out["input_values"] = [self.augmenter(np.asarray(w, dtype=np.float32)) for w in batch["input_values"]]
-        return out
+# A training row with this column set true is augmented by the collator that batches it.
+AUGMENT_COLUMN = "augment"
 
 
 class AugmentRamp(TrainerCallback):
@@ -143,11 +134,17 @@ class Collator:
 
     feature_extractor: object
     max_length_s: float
+    augmenter: Augmenter | None = None  # applied to rows whose AUGMENT_COLUMN is true
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        """Turn `{"input_values", "label"}` rows into padded tensors."""
+        """Turn `{"input_values", "label"}` rows (lists or numpy) into padded tensors."""
         max_samples = int(self.max_length_s * TARGET_RATE_HZ)
         full = [np.asarray(f["input_values"], dtype=np.float32) for f in features]
+        if self.augmenter is not None:
+            full = [
+                self.augmenter(w) if f.get(AUGMENT_COLUMN) else w
+                for f, w in zip(features, full, strict=True)
+            ]
         waves = [w[:max_samples] for w in full]
         batch = self.feature_extractor(  # type: ignore[operator]
             waves, sampling_rate=TARGET_RATE_HZ, padding="longest", return_tensors="pt"
@@ -156,7 +153,9 @@ class Collator:
         if "transcript" in features[0]:
             # A cut clip no longer says its whole transcript: it gets none (length 0).
             texts = [
-                list(f["transcript"] or []) if len(w) <= max_samples else []
+                [int(c) for c in f["transcript"]]
+                if f["transcript"] is not None and len(w) <= max_samples
+                else []
                 for f, w in zip(features, full, strict=True)
             ]
             width = max(1, max(len(t) for t in texts))

@@ -222,16 +222,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
     augmenter = None
     if config.augment is not None:
-        from intentd_train.augment import Augmenter, AugmentTransform
+        from intentd_train.augment import AUGMENT_COLUMN, Augmenter
 
         augmenter = Augmenter(config.augment, config.seed)
-        train_ds = train_ds.with_transform(AugmentTransform(augmenter))
+        # The collator augments the rows carrying this flag: training rows, never held-out ones.
+        train_ds = train_ds.add_column(AUGMENT_COLUMN, [True] * len(train_ds))
+    # Numpy rows: a python-list batch cost more than the model's step, and a dataset transform
+    # ran on every row again each epoch when the length-grouped sampler read `length`.
+    train_ds = train_ds.with_format("numpy")
 
     from transformers import Trainer
 
     from intentd_train.augment import Collator
 
-    collator = Collator(extractor, config.max_length_s)
+    collator = Collator(extractor, config.max_length_s, augmenter)
     args = TrainingArguments(
         output_dir=str(config.output_dir),
         eval_strategy="epoch",
