@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--out", type=Path, default=OUT_DIR / "shapes.json")
     args = ap.parse_args()
-    clf = Classifier(base_checkpoint(), device="cuda", top_k=1)
+    clf = Classifier(base_checkpoint(), device="cuda", top_k=1, cudnn=True)  # cases switch it
     base = load_clip(str(utterance_files(100)[0]))  # ~2-3 s of speech
     trims = iter(range(1, 100_000, 7))  # every clip a length not used before
 

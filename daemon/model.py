@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -31,6 +32,11 @@ MAX_PAD_RATIO = 1.25
 # growth, and utterance lengths never repeat. Where padding is exact, batches are padded up to a
 # length grid and a power-of-two batch size, so a running daemon sees a few dozen shapes.
 SHAPE_STEP_SAMPLES = 4_000  # 0.25 s
+# Model types whose only time-wide operation before the masked transformer is the first conv
+# layer's GroupNorm (checked exact). SEW, with the same first layer, pools over time: not exact.
+CLIP_NORM_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "unispeech", "unispeech-sat")
+# torch's cuDNN switch is one per process; a reload warms a new model while the old one serves.
+_CUDNN_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -169,14 +175,17 @@ class Classifier:
         inputs = {k: self._to_device(v) for k, v in feats.items()}
         if self.clip_norm is not None and padded:
             self.clip_norm.samples = feats["attention_mask"].sum(-1)  # host copy: no device sync
-        cudnn_was = torch.backends.cudnn.enabled
-        torch.backends.cudnn.enabled = cudnn_was and self.cudnn
-        try:
-            logits = self.model(**inputs).logits[: len(xs)].float()
-        finally:
-            torch.backends.cudnn.enabled = cudnn_was
-            if self.clip_norm is not None:
-                self.clip_norm.samples = None
+            if int(self.clip_norm.samples.min()) < self.clip_norm.kernel:
+                raise ValueError("a clip is shorter than the model's first convolution")
+        with _CUDNN_LOCK:
+            cudnn_was = torch.backends.cudnn.enabled
+            torch.backends.cudnn.enabled = cudnn_was and self.cudnn
+            try:
+                logits = self.model(**inputs).logits[: len(xs)].float()
+            finally:
+                torch.backends.cudnn.enabled = cudnn_was
+                if self.clip_norm is not None:
+                    self.clip_norm.samples = None
         return torch.softmax(logits, dim=-1).cpu().numpy()
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
@@ -240,6 +249,10 @@ class _ClipLengthNorm(torch.nn.Module):
             return None
         if norm.num_groups != norm.num_channels or not norm.affine:
             return None
+        if getattr(model.config, "model_type", None) not in CLIP_NORM_MODEL_TYPES:
+            return None
+        if conv.padding != (0,) or conv.dilation != (1,):  # the frame count below assumes both
+            return None
         first.layer_norm = cls(norm, conv)
         return first.layer_norm
 
@@ -248,12 +261,14 @@ class _ClipLengthNorm(torch.nn.Module):
         if self.samples is None:  # no padding in this batch
             return self.norm(x)
         frames = ((self.samples - self.kernel) // self.stride + 1).tolist()
-        stats = [torch.var_mean(x[i, :, :n].float(), dim=-1, unbiased=False) for i, n in enumerate(frames)]
-        var = torch.stack([v for v, _ in stats]).unsqueeze(-1)
-        mean = torch.stack([m for _, m in stats]).unsqueeze(-1)
-        scale = torch.rsqrt(var + self.norm.eps) * self.norm.weight.float()[:, None]
-        # In place: the conv output is a fresh tensor, and a batch of long clips makes it large.
-        return x.sub_(mean.to(x.dtype)).mul_(scale.to(x.dtype)).add_(self.norm.bias[:, None].to(x.dtype))
+        weight, bias = self.norm.weight.float()[:, None], self.norm.bias.float()[:, None]
+        # Row by row, in fp32 like GroupNorm, written back in place: a batch of long clips makes
+        # the conv output large, and one fp32 row at a time keeps the extra memory bounded.
+        for i, n in enumerate(frames):
+            row = x[i].float()
+            var, mean = torch.var_mean(row[:, :n], dim=-1, unbiased=False, keepdim=True)
+            x[i].copy_((row - mean) * torch.rsqrt(var + self.norm.eps) * weight + bias)
+        return x
 
 
 def _quantize_linear(model: torch.nn.Module) -> None:

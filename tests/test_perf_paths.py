@@ -133,7 +133,10 @@ def test_cudnn_choice_leaves_the_process_setting_alone(
     """model.cudnn applies to the model's own passes; torch's global switch is restored after each."""
     before = torch.backends.cudnn.enabled
     clf = Classifier(tiny_model, device="cpu", cudnn=cudnn)
+    seen: list[bool] = []
+    clf.model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cudnn.enabled))
     assert clf.classify(clips[:2]) and torch.backends.cudnn.enabled == before
+    assert seen and all(s == (before and cudnn) for s in seen)  # the choice holds inside the pass
     torch.backends.cudnn.enabled = False
     try:
         clf.classify(clips[:1])
