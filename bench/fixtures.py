@@ -93,15 +93,14 @@ def cached_stream(duration_s: float, rate_hz: int, gap_range_s: tuple[float, flo
     without espeak-ng can run the live benchmarks on streams made elsewhere."""
     lo, hi = gap_range_s
     path = STREAMS_DIR / f"s{duration_s:g}-{rate_hz}-{lo:g}-{hi:g}-{seed}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            spans = [(float(a), float(b)) for a, b in z["spans_s"]]
-            return Stream(z["pcm"].astype(np.float32) / 32767, rate_hz, spans, [str(i) for i in z["intents"]])
-    s = build_stream(duration_s, rate_hz, 20.0, gap_range_s=gap_range_s, seed=seed)
-    STREAMS_DIR.mkdir(parents=True, exist_ok=True)
-    pcm = np.round(s.samples * 32767).astype(np.int16)
-    np.savez(path, pcm=pcm, spans_s=np.array(s.spans_s), intents=np.array(s.intents))
-    return Stream(pcm.astype(np.float32) / 32767, rate_hz, s.spans_s, s.intents)
+    if not path.exists():
+        s = build_stream(duration_s, rate_hz, 20.0, gap_range_s=gap_range_s, seed=seed)
+        STREAMS_DIR.mkdir(parents=True, exist_ok=True)
+        pcm = np.round(s.samples * 32767).astype(np.int16)
+        np.savez(path, pcm=pcm, spans_s=np.array(s.spans_s), intents=np.array(s.intents))
+    with np.load(path) as z:  # made now or elsewhere, the stream is read back the same way
+        spans = [(float(a), float(b)) for a, b in z["spans_s"]]
+        return Stream(z["pcm"].astype(np.float32) / 32767, rate_hz, spans, [str(i) for i in z["intents"]])
 
 
 def machine_load() -> dict[str, float | int]:

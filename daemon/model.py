@@ -175,8 +175,6 @@ class Classifier:
         inputs = {k: self._to_device(v) for k, v in feats.items()}
         if self.clip_norm is not None and padded:
             self.clip_norm.samples = feats["attention_mask"].sum(-1)  # host copy: no device sync
-            if int(self.clip_norm.samples.min()) < self.clip_norm.kernel:
-                raise ValueError("a clip is shorter than the model's first convolution")
         with _CUDNN_LOCK:
             cudnn_was = torch.backends.cudnn.enabled
             torch.backends.cudnn.enabled = cudnn_was and self.cudnn
@@ -261,6 +259,8 @@ class _ClipLengthNorm(torch.nn.Module):
         if self.samples is None:  # no padding in this batch
             return self.norm(x)
         frames = ((self.samples - self.kernel) // self.stride + 1).tolist()
+        if min(frames) < 1:
+            raise ValueError("a clip is shorter than the model's first convolution")
         weight, bias = self.norm.weight.float()[:, None], self.norm.bias.float()[:, None]
         # Row by row, in fp32 like GroupNorm, written back in place: a batch of long clips makes
         # the conv output large, and one fp32 row at a time keeps the extra memory bounded.
