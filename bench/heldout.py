@@ -46,7 +46,7 @@ from intentd_train.corpus import CORPUS_RATE_HZ, INTENTS, PCM_SUBTYPE, PEAK_LEVE
 REPO = Path(__file__).resolve().parent.parent
 TEXT2WAVE = "text2wave"
 FESTIVAL_PACKAGES = "festival festvox-kdlpc16k festvox-us-slt-hts"
-# festival voices (16 kHz diphone, 32 kHz HTS): neither is espeak-ng or flite, the corpus's two.
+# festival voices (16 kHz diphone, 32 kHz HTS): none of the corpus's espeak-ng, flite and Pico.
 VOICES = ("ked_diphone", "cmu_us_slt_arctic_hts")
 STREAM_RATE_HZ = 48000
 GAP_RANGE_S = (1.0, 2.5)

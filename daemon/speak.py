@@ -1,15 +1,18 @@
-"""Speech synthesis with espeak-ng or flite, for the demo, the training corpus and the benches.
+"""Speech synthesis with espeak-ng, flite or SVOX Pico, for the demo, the training corpus and the benches.
 
-A voice is an espeak-ng voice name (`en-us`, `en-gb+f3`) or `flite:<voice>` (`flite:slt`):
-two synthesizers of different kinds (formant and concatenative), so a model trained on both
-has not learnt one synthesizer's sound.
+A voice is an espeak-ng voice name (`en-us`, `en-gb+f3`), `flite:<voice>` (`flite:slt`) or
+`pico:<language>` (`pico:en-GB`): three synthesizers of different kinds (formant, unit
+concatenation, Pico's small statistical models), so a model trained on all of them has not
+learnt one synthesizer's sound.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import soundfile as sf
@@ -21,14 +24,30 @@ FLITE = "flite"
 FLITE_PREFIX = "flite:"
 FLITE_VOICES = ("kal16", "awb", "rms", "slt")  # flite's English voices, kal (8 kHz) aside
 FLITE_NATURAL_WPM = 170  # flite's speaking rate at duration_stretch 1
+PICO_PREFIX = "pico:"
+PICO_VOICES = ("en-US", "en-GB")  # the English lingware bundled with py-nanotts
+PICO_NATURAL_WPM = 150  # Pico's speaking rate at speed 1
+PICO_RATE_HZ = 16000
+NATURAL_PITCH = 50  # espeak-ng's 0-99 scale; Pico's pitch factor is pitch / NATURAL_PITCH
+# Pico runs in a child process, like the other two. It reads its 2.5 MB work area before
+# writing all of it, and glibc hands a freed block back to the next malloc once its dynamic
+# mmap threshold has risen, so in one process each clip would depend on the clip before. A
+# fixed threshold keeps that block mmap-served, hence zeroed: the same text gives the same bytes.
+_PICO_CHILD = (
+    "import sys; from py_nanotts import NanoTTS; sys.stdout.buffer.write(NanoTTS().speak("
+    "sys.argv[1], voice=sys.argv[2], speed=float(sys.argv[3]), pitch=float(sys.argv[4])))"
+)
+_PICO_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
 def speak(text: str, voice: str = "en-us", wpm: int = 160, pitch: int = 50) -> tuple[np.ndarray, int]:
     """Speak `text`; returns float32 mono samples and the synthesizer's sample rate.
 
     flite voices keep their own pitch: flite sets an absolute mean F0, which would turn
-    male voices female; `pitch` applies to espeak-ng only.
+    male voices female; `pitch` applies to espeak-ng and Pico (as a factor pitch / 50).
     """
+    if voice.startswith(PICO_PREFIX):
+        return _pico(text, voice[len(PICO_PREFIX) :], wpm, pitch)
     if voice.startswith(FLITE_PREFIX):
         name = voice[len(FLITE_PREFIX) :]
         if name not in FLITE_VOICES:
@@ -39,6 +58,24 @@ def speak(text: str, voice: str = "en-us", wpm: int = 160, pitch: int = 50) -> t
         return _run(FLITE, command, voice)
     command = [ESPEAK, "-v", voice, "-s", str(wpm), "-p", str(pitch), "--stdout", text]
     return _run(ESPEAK, command, voice)
+
+
+def _pico(text: str, language: str, wpm: int, pitch: int) -> tuple[np.ndarray, int]:
+    if language not in PICO_VOICES:
+        raise IntentdError(f"unknown pico voice {language!r}; choose from {', '.join(PICO_VOICES)}")
+    speed, factor = f"{wpm / PICO_NATURAL_WPM:.4f}", f"{pitch / NATURAL_PITCH:.4f}"
+    proc = subprocess.run(
+        [sys.executable, "-c", _PICO_CHILD, text, language, speed, factor],
+        capture_output=True,
+        check=False,
+        env={**os.environ, **_PICO_ENV},
+    )
+    if proc.returncode != 0 or not proc.stdout:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        if err and "No module named 'py_nanotts'" in err[-1]:
+            raise IntentdError("pico voices need py-nanotts; pip install 'intentd[train]'")
+        raise IntentdError(f"pico failed for voice {language!r}: {err[-1] if err else 'no output'}")
+    return np.frombuffer(proc.stdout, dtype="<i2").astype(np.float32) / 32768.0, PICO_RATE_HZ
 
 
 def _run(program: str, command: list[str], voice: str) -> tuple[np.ndarray, int]:

@@ -1,4 +1,4 @@
-"""The espeak-ng + flite corpus: determinism, audiofolder layout, WAV format and the errors a user hits."""
+"""The espeak-ng + flite + Pico corpus: determinism, layout, WAV format and the errors a user hits."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import csv
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from conftest import INTENTD
 
 from intentd.errors import IntentdError
-from intentd.speak import FLITE_PREFIX, FLITE_VOICES, speak
+from intentd.speak import FLITE_PREFIX, FLITE_VOICES, PICO_PREFIX, PICO_VOICES, speak
 from intentd_train.corpus import (
     CORPUS_RATE_HZ,
     FLITE_SHARE,
@@ -19,6 +20,9 @@ from intentd_train.corpus import (
     METADATA_COLUMNS,
     METADATA_NAME,
     PEAK_LEVEL,
+    PICO_MAX_PITCH,
+    PICO_MIN_PITCH,
+    PICO_SHARE,
     CorpusConfig,
     CorpusError,
     build_corpus,
@@ -59,11 +63,47 @@ def test_phrasings_are_many_unique_and_labelled() -> None:
         assert all(p.id.startswith(f"{label}-") and p.label == label for p in group)
 
 
-def test_two_synthesizers_share_the_corpus() -> None:
-    voices = [c.voice for c in plan_corpus(CorpusConfig(seed=0))]
-    flite = [v for v in voices if v.startswith(FLITE_PREFIX)]
-    assert abs(len(flite) / len(voices) - FLITE_SHARE) < 0.03
+def test_three_synthesizers_share_the_corpus() -> None:
+    clips = plan_corpus(CorpusConfig(seed=0))
+    flite = [c.voice for c in clips if c.voice.startswith(FLITE_PREFIX)]
+    pico = [c for c in clips if c.voice.startswith(PICO_PREFIX)]
+    assert abs(len(flite) / len(clips) - FLITE_SHARE) < 0.03
+    assert abs(len(pico) / len(clips) - PICO_SHARE) < 0.03
     assert {v.removeprefix(FLITE_PREFIX) for v in flite} == set(FLITE_VOICES)
+    assert {c.voice.removeprefix(PICO_PREFIX) for c in pico} == set(PICO_VOICES)
+    assert {c.pitch for c in pico} == set(range(PICO_MIN_PITCH, PICO_MAX_PITCH + 1))
+
+
+def _median_f0_hz(samples: np.ndarray, rate_hz: int) -> float:
+    """Autocorrelation pitch over the loud 64 ms frames: enough to tell 100 Hz from 200 Hz."""
+    frame, found = 1024, []
+    samples = samples / np.abs(samples).max()
+    for start in range(0, len(samples) - frame, frame // 2):
+        x = samples[start : start + frame] - samples[start : start + frame].mean()
+        if np.sqrt(np.mean(x**2)) < 0.05:
+            continue
+        ac = np.correlate(x, x, "full")[frame - 1 :]
+        lo, hi = rate_hz // 400, rate_hz // 60
+        lag = int(np.argmax(ac[lo:hi])) + lo
+        if ac[lag] > 0.4 * ac[0]:
+            found.append(rate_hz / lag)
+    return float(np.median(found))
+
+
+@pytest.mark.parametrize("language", PICO_VOICES)
+def test_pico_voices_follow_rate_and_pitch(language: str) -> None:
+    text = "I want to freeze my card right now please"
+    samples, rate_hz = speak(text, voice=PICO_PREFIX + language, wpm=150, pitch=30)
+    assert rate_hz == 16000 and 1.0 < len(samples) / rate_hz < 4.0 and abs(samples).max() > 0.1
+    slow, _ = speak(text, voice=PICO_PREFIX + language, wpm=100, pitch=30)
+    assert len(slow) > 1.2 * len(samples)
+    high, _ = speak(text, voice=PICO_PREFIX + language, wpm=150, pitch=60)
+    assert _median_f0_hz(high, rate_hz) > 1.5 * _median_f0_hz(samples, rate_hz)
+
+
+def test_unknown_pico_voices_are_refused() -> None:
+    with pytest.raises(IntentdError, match="unknown pico voice 'en-AU'"):
+        speak("hello", voice=PICO_PREFIX + "en-AU")
 
 
 def test_flite_voices_speak_and_unknown_ones_are_refused() -> None:
@@ -87,7 +127,7 @@ def test_layout_and_metadata(corpus: Path) -> None:
     for r in rows:
         assert r["file_name"].split("/")[0] == r["label"]
         assert r["phrasing_id"].startswith(r["label"] + "-")
-        assert r["text"] and r["voice"].startswith(("en", FLITE_PREFIX))
+        assert r["text"] and r["voice"].startswith(("en", FLITE_PREFIX, PICO_PREFIX))
         assert int(r["rate_wpm"]) > 0 and 0 <= int(r["pitch"]) <= 99
 
 

@@ -1,4 +1,4 @@
-"""`intentd corpus`: a synthetic MInDS-14-style spoken-intent corpus spoken by espeak-ng and flite.
+"""`intentd corpus`: a synthetic MInDS-14-style spoken-intent corpus spoken by espeak-ng, flite and Pico.
 
 Output is a Hugging Face `audiofolder`: `OUT/<label>/<file>.wav` (8 kHz mono PCM_16, like
 MInDS-14's telephone audio) plus `OUT/metadata.csv`. With a metadata file, `datasets` (5.x)
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import importlib.util
 import logging
 import shutil
 import string
@@ -29,7 +30,16 @@ import soundfile as sf
 
 from intentd.errors import ConfigError, IntentdError
 from intentd.resample import resample
-from intentd.speak import ESPEAK, FLITE, FLITE_PREFIX, FLITE_VOICES, speak
+from intentd.speak import (
+    ESPEAK,
+    FLITE,
+    FLITE_PREFIX,
+    FLITE_VOICES,
+    NATURAL_PITCH,
+    PICO_PREFIX,
+    PICO_VOICES,
+    speak,
+)
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -65,10 +75,13 @@ DEFAULT_PER_INTENT = 600  # 14 x 600 = 8,400 clips, ~15 renderings of each phras
 DEFAULT_JOBS = 2
 MIN_RATE_WPM, MAX_RATE_WPM = 125, 195
 MIN_PITCH, MAX_PITCH = 20, 80  # espeak-ng's 0-99 scale; 50 is the voice's own
-NATURAL_PITCH = 50
-# Share of clips spoken by flite instead of espeak-ng: a second synthesizer, so that the
-# model learns words rather than one synthesizer's sound.
-FLITE_SHARE = 0.3
+# Shares of clips spoken by flite and by Pico instead of espeak-ng: more synthesizers, so that
+# the model learns words rather than one synthesizer's sound.
+FLITE_SHARE = 0.25
+PICO_SHARE = 0.2
+# Pico's two voices are female; pitch factors 0.56-1.24 put their F0 at about 90-220 Hz,
+# men's and women's voices alike.
+PICO_MIN_PITCH, PICO_MAX_PITCH = 28, 62
 
 # English espeak-ng voices shipped with the base data (no MBROLA voices are installed).
 BASE_VOICES: tuple[str, ...] = (
@@ -159,7 +172,7 @@ class Phrasing:
 
 @dataclass(frozen=True)
 class Clip:
-    """One planned clip: what to say, with which voice (espeak-ng or flite:), and where it goes."""
+    """One planned clip: what to say, with which voice (espeak-ng, flite: or pico:), and where it goes."""
 
     file_name: str  # relative to the corpus folder
     label: str
@@ -276,8 +289,12 @@ def plan_corpus(config: CorpusConfig) -> list[Clip]:
             base = str(rng.choice(BASE_VOICES))
             voice = f"{base}+{variant}" if variant else base
             pitch = int(rng.integers(MIN_PITCH, MAX_PITCH + 1))
-            if rng.random() < FLITE_SHARE:
+            synthesizer = rng.random()
+            if synthesizer < FLITE_SHARE:
                 voice, pitch = FLITE_PREFIX + str(rng.choice(FLITE_VOICES)), NATURAL_PITCH
+            elif synthesizer < FLITE_SHARE + PICO_SHARE:
+                voice = PICO_PREFIX + str(rng.choice(PICO_VOICES))
+                pitch = int(rng.integers(PICO_MIN_PITCH, PICO_MAX_PITCH + 1))
             clips.append(
                 Clip(
                     file_name=f"{label}/{phrasing.id}-{k:04d}.wav",
@@ -350,6 +367,8 @@ def build_corpus(
     for program in (ESPEAK, FLITE):
         if shutil.which(program) is None:
             raise CorpusError(f"{program} not found on PATH; install it (apt-get install {program})")
+    if importlib.util.find_spec("py_nanotts") is None:
+        raise CorpusError("py-nanotts (Pico voices) is not installed; pip install 'intentd[train]'")
     started = time.monotonic()
     out_dir = Path(out_dir)
     clips = plan_corpus(config)
@@ -417,7 +436,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `intentd corpus OUT [--seed N] [--per-intent N] [--intents ...] [--jobs N]`."""
     p = subparsers.add_parser(
         "corpus",
-        help="synthesise a MInDS-14-style spoken-intent corpus with espeak-ng and flite",
+        help="synthesise a MInDS-14-style spoken-intent corpus with espeak-ng, flite and Pico",
         description="Write OUT/<label>/*.wav (8 kHz mono PCM_16) and OUT/metadata.csv "
         "(an audiofolder dataset). Same --seed and sizes give byte-identical files.",
     )
