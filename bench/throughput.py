@@ -10,7 +10,8 @@ ratios against the pipeline measured in this run. int8 agreement is also measure
 checkpoint (models/demo if present, else --trained DIR); on cuda, fp16 there against fp32 on the CPU.
 A variant is a precision (`pipeline`, `fp32`, `int8`, or `fp16`: what fp32 runs as on cuda) and
 optional parts: `1thread`, `eager` (attention), `b<N>` (max batch, default 8), `equal` (batch only
-clips of equal length, as before per-clip norms let wav2vec2-base mix lengths), `nocudnn`.
+clips of equal length, as before per-clip norms let wav2vec2-base mix lengths), `nocudnn`, `fp32enc`
+(int8 with the conv encoder left in fp32, as before it ran in bf16).
 Writes bench/out/throughput.{json,png}.
 """
 
@@ -61,13 +62,14 @@ def classify_runner(
     max_batch: int = MAX_BATCH,
     equal_lengths: bool = False,
     cudnn: bool = True,
+    bf16_encoder: bool = True,
 ) -> Runner:
     """`intentd classify`'s path: Classifier + classify_clips (sorted by length, batches of max_batch)."""
-    clf = Classifier(model, device=device, top_k=1, precision=precision)
+    clf = Classifier(model, device=device, top_k=1, precision=precision, bf16_encoder=bf16_encoder)
     if attn is not None:
         clf.model.set_attn_implementation(attn)
     if equal_lengths:  # the path before mixed lengths: no per-clip norm, no shape grid
-        clf.mixes_lengths = clf.pads_to_shapes = False
+        clf.mixes_lengths = clf.pads_batches = clf.pads_to_shapes = False
         clf.clip_norm = None
     clf.cudnn = cudnn
     return lambda clips: [p.intent for p in classify_clips(clf, clips, max_batch)]
@@ -93,7 +95,7 @@ def variant_runner(model: Path, variant: str, device: str) -> Runner:
     if head not in ("pipeline", "fp32", "int8", "fp16") or (head == "fp16") != (device == "cuda"):
         raise SystemExit(f"unknown variant {variant!r} on {device}")
     batch = [int(p[1:]) for p in parts if p[:1] == "b" and p[1:].isdigit()]
-    if set(parts) - {"1thread", "eager", "equal", "nocudnn"} - {f"b{n}" for n in batch}:
+    if set(parts) - {"1thread", "eager", "equal", "nocudnn", "fp32enc"} - {f"b{n}" for n in batch}:
         raise SystemExit(f"unknown variant {variant!r}")
     if head == "pipeline":
         run = pipeline_runner(model, device)
@@ -106,6 +108,7 @@ def variant_runner(model: Path, variant: str, device: str) -> Runner:
             max_batch=batch[0] if batch else MAX_BATCH,
             equal_lengths="equal" in parts,
             cudnn="nocudnn" not in parts,
+            bf16_encoder="fp32enc" not in parts,
         )
     return with_threads(1, run) if "1thread" in parts else run
 

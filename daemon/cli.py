@@ -24,7 +24,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint folder (default: the built-in demo model)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs (default auto)")
     p.add_argument(
-        "--precision", choices=("fp32", "int8"), help="fp32 (default) or int8 (CPU: quantised Linear layers)"
+        "--precision",
+        choices=("fp32", "int8"),
+        help="fp32 (default) or int8 (CPU: quantised Linear layers, bf16 conv encoder)",
     )
     p.add_argument("--int8", action="store_const", const="int8", dest="precision", help="--precision int8")
     p.add_argument("--config", help="TOML config file (same keys as intentd.toml); flags win")

@@ -104,7 +104,9 @@ class Classifier:
         unknown_label: str = "unknown",
         precision: str = "fp32",
         cudnn: bool = False,
+        bf16_encoder: bool = True,
     ) -> None:
+        """`bf16_encoder`: with int8, run the conv encoder in bf16 where the CPU has it natively."""
         self.path = Path(path)
         self.device = resolve_device(device)
         self.precision = precision
@@ -124,11 +126,17 @@ class Classifier:
         self.mixes_lengths = self.clip_norm is not None or bool(
             getattr(self.extractor, "return_attention_mask", False)
         )
-        self.pads_to_shapes = self.mixes_lengths and self.device.type == "cuda"
+        # Only on cuda do mixed lengths share a pass: on a CPU a batch of one already fills the
+        # cores, so padding is only extra work (batch 1 was 14-16 % faster than padded batches of 8).
+        self.pads_batches = self.mixes_lengths and self.device.type == "cuda"
+        self.pads_to_shapes = self.pads_batches
+        self.bf16_encoder = False
         if self.dtype == torch.float16:
             self.model.half()
         elif self.dtype == torch.qint8:
             _quantize_linear(self.model)
+            if bf16_encoder and cpu_has_native_bf16():
+                self.bf16_encoder = _Bf16ConvEncoder.install(self.model)
         # Activations stay float: int8 quantises Linear weights and quantises activations on the fly.
         self.input_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
 
@@ -155,7 +163,7 @@ class Classifier:
         return [p for p in out if p is not None]
 
     def _groups(self, batch: Sequence[np.ndarray]) -> list[list[int]]:
-        return batch_groups([len(x) for x in batch], self.mixes_lengths)
+        return batch_groups([len(x) for x in batch], self.pads_batches)
 
     @torch.inference_mode()
     def _forward(self, xs: list[np.ndarray]) -> np.ndarray:
@@ -269,6 +277,38 @@ class _ClipLengthNorm(torch.nn.Module):
             var, mean = torch.var_mean(row[:, :n], dim=-1, unbiased=False, keepdim=True)
             x[i].copy_((row - mean) * torch.rsqrt(var + self.norm.eps) * weight + bias)
         return x
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), not by emulation."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+class _Bf16ConvEncoder(torch.nn.Module):
+    """The convolutional feature encoder run in bfloat16, taking and giving float32.
+
+    After int8 Linear layers, the seven conv layers are two thirds of the time (they are not
+    Linear, so dynamic quantisation leaves them in fp32). CPUs with native bf16 run them about
+    twice as fast; their output then feeds the same fp32 LayerNorm and int8 projection.
+    """
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder.to(torch.bfloat16)
+
+    @classmethod
+    def install(cls, model: torch.nn.Module) -> bool:
+        """Wrap the model's conv feature encoder; False where it has none."""
+        encoder = getattr(model.base_model, "feature_extractor", None)
+        if not isinstance(encoder, torch.nn.Module) or not hasattr(encoder, "conv_layers"):
+            return False
+        model.base_model.feature_extractor = cls(encoder)
+        return True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) float32 -> (batch, channels, frames) float32."""
+        return self.encoder(x.to(torch.bfloat16)).float()
 
 
 def _quantize_linear(model: torch.nn.Module) -> None:

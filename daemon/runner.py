@@ -367,7 +367,7 @@ class Pipeline:
         checkpoint that batches only equal lengths does not hold all results until its last pass.
         """
         batch = [j for j in batch if j.speculation is None or self.speculations.wanted(j.speculation)]
-        groups = batch_groups([j.samples.size for j in batch], self.classifier.mixes_lengths)
+        groups = batch_groups([j.samples.size for j in batch], self.classifier.pads_batches)
         done: dict[int, Result | None] = {}
         released = 0
         for group in sorted(groups, key=min):

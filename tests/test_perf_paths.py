@@ -11,7 +11,7 @@ import torch
 
 from intentd.config import ModelConfig
 from intentd.errors import ConfigError, ModelError
-from intentd.model import Classifier, batch_groups, compute_dtype, resolve_device
+from intentd.model import Classifier, batch_groups, compute_dtype, cpu_has_native_bf16, resolve_device
 from intentd.resample import MODEL_RATE_HZ
 
 TEXTS = (
@@ -36,6 +36,9 @@ def test_int8_agrees_with_fp32_on_most_clips(
     int8_clf = Classifier(path, device="cpu", top_k=14, precision="int8")
     int8 = int8_clf.classify(clips)
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8_clf.model.modules())
+    # On CPUs with native bf16 (this project's machines have AVX512-BF16) the conv encoder runs in it.
+    encoder_dtypes = {p.dtype for p in int8_clf.model.base_model.feature_extractor.parameters()}
+    assert encoder_dtypes == {torch.bfloat16 if cpu_has_native_bf16() else torch.float32}
     agree = sum(a.intent == b.intent for a, b in zip(fp32, int8, strict=True))
     assert agree >= 0.8 * len(clips)
     for a, b in zip(fp32, int8, strict=True):
@@ -69,7 +72,8 @@ def test_bucketed_batch_returns_input_order(
     fixture: str, clips: list[np.ndarray], request: pytest.FixtureRequest
 ) -> None:
     clf = Classifier(request.getfixturevalue(fixture), device="cpu", top_k=14)
-    assert clf.mixes_lengths
+    assert clf.mixes_lengths and not clf.pads_batches  # exact, but padding pays on cuda only
+    clf.pads_batches = True
     shuffled = [clips[i] for i in (3, 0, 7, 1, 9, 2, 8, 4, 6, 5)]
     assert len(batch_groups([len(c) for c in shuffled], True)) > 1  # several buckets
     for clip, b in zip(shuffled, clf.classify(shuffled), strict=True):
@@ -86,9 +90,10 @@ def test_padded_batch_scores_each_clip_as_alone_without_a_mask(
     # Larger initial weights than the default give confident scores, which padding visibly moves.
     path = save_tiny_checkpoint(tmp_path, with_attention_mask=False, initializer_range=0.2)
     clf = Classifier(path, device="cpu", top_k=14)
+    clf.pads_batches = True  # what cuda does
     group = [c for c in clips if len(c) <= min(map(len, clips)) * 1.25]
     assert len(group) >= 3 and len({len(c) for c in group}) == len(group)
-    assert batch_groups([len(c) for c in group], clf.mixes_lengths) == [
+    assert batch_groups([len(c) for c in group], clf.pads_batches) == [
         sorted(range(len(group)), key=lambda i: len(group[i]))
     ]  # one pass for all of them
     batched = clf.classify(group)
@@ -109,6 +114,19 @@ def test_padded_batch_scores_each_clip_as_alone_without_a_mask(
         abs(plain[i] - [dict(a.top_k)[label] for label in clf.labels]).max() for i, a in enumerate(alone)
     ]
     assert max(moved) > 1e-3
+
+
+def test_cpu_runs_each_length_alone(tiny_model: Path, clips: list[np.ndarray]) -> None:
+    """On a CPU, padding is work: clips of different lengths never share a pass; equal ones do."""
+    clf = Classifier(tiny_model, device="cpu", top_k=14)
+    rows: list[int] = []
+    clf.model.register_forward_pre_hook(
+        lambda _m, _a, kw: rows.append(kw["input_values"].shape[0]), with_kwargs=True
+    )
+    batch = [clips[0], clips[1], clips[0], clips[2]]
+    got = clf.classify(batch)
+    assert sorted(rows) == [1, 1, 2]  # the two copies of clips[0] share one unpadded pass
+    assert [g.intent for g in got] == [clf.classify([c])[0].intent for c in batch]
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model", "tiny_model_nomask"])
