@@ -117,6 +117,7 @@ class Classifier:
         self.min_score = min_score
         self.unknown_label = unknown_label
         self.extractor, self.model = _load(self.path, self.device)
+        _fold_weight_norm(self.model)
         cfg = self.model.config
         self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
         self.name = self.path.resolve().name
@@ -277,6 +278,21 @@ class _ClipLengthNorm(torch.nn.Module):
             var, mean = torch.var_mean(row[:, :n], dim=-1, unbiased=False, keepdim=True)
             x[i].copy_((row - mean) * torch.rsqrt(var + self.norm.eps) * weight + bias)
         return x
+
+
+def _fold_weight_norm(model: torch.nn.Module) -> None:
+    """Bake weight-norm parametrizations into plain weights, in place (same values, exactly).
+
+    wav2vec2's positional conv keeps its weight as norm x direction and rebuilds the 768x48x128
+    kernel on every forward pass; for inference that is wasted work (int8: 13 % of the pass on CPU).
+    """
+    from torch.nn.utils import parametrize
+
+    with torch.no_grad():
+        for module in model.modules():
+            if parametrize.is_parametrized(module):
+                for name in list(module.parametrizations):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -116,6 +116,24 @@ def test_padded_batch_scores_each_clip_as_alone_without_a_mask(
     assert max(moved) > 1e-3
 
 
+def test_weight_norm_is_folded_and_scores_do_not_move(tiny_model: Path, clips: list[np.ndarray]) -> None:
+    """The positional conv's weight norm is baked into a plain weight once, with the same scores."""
+    from torch.nn.utils import parametrize
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    clf = Classifier(tiny_model, device="cpu", top_k=14)
+    plain = AutoModelForAudioClassification.from_pretrained(str(tiny_model)).eval()
+    assert any(parametrize.is_parametrized(m) for m in plain.modules())
+    assert not any(parametrize.is_parametrized(m) for m in clf.model.modules())
+    feats = AutoFeatureExtractor.from_pretrained(str(tiny_model))(
+        clips[0], sampling_rate=MODEL_RATE_HZ, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        expected = torch.softmax(plain(**feats).logits, dim=-1)[0].tolist()
+    got = dict(clf.classify([clips[0]])[0].top_k)
+    assert [got[label] for label in clf.labels] == pytest.approx(expected, abs=1e-6)
+
+
 def test_cpu_runs_each_length_alone(tiny_model: Path, clips: list[np.ndarray]) -> None:
     """On a CPU, padding is work: clips of different lengths never share a pass; equal ones do."""
     clf = Classifier(tiny_model, device="cpu", top_k=14)
