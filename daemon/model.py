@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.utils import parametrize
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 from transformers.utils import logging as hf_logging
 
@@ -286,8 +287,6 @@ def _fold_weight_norm(model: torch.nn.Module) -> None:
     wav2vec2's positional conv keeps its weight as norm x direction and rebuilds the 768x48x128
     kernel on every forward pass; for inference that is wasted work (int8: 13 % of the pass on CPU).
     """
-    from torch.nn.utils import parametrize
-
     with torch.no_grad():
         for module in model.modules():
             if parametrize.is_parametrized(module):

@@ -33,10 +33,21 @@ NATURAL_PITCH = 50  # espeak-ng's 0-99 scale; Pico's pitch factor is pitch / NAT
 # writing all of it, and glibc hands a freed block back to the next malloc once its dynamic
 # mmap threshold has risen, so in one process each clip would depend on the clip before. A
 # fixed threshold keeps that block mmap-served, hence zeroed: the same text gives the same bytes.
-_PICO_CHILD = (
-    "import sys; from py_nanotts import NanoTTS; sys.stdout.buffer.write(NanoTTS().speak("
-    "sys.argv[1], voice=sys.argv[2], speed=float(sys.argv[3]), pitch=float(sys.argv[4])))"
-)
+_PICO_CHILD = """
+import io, sys, wave
+try:
+    from py_nanotts import NanoTTS
+except ImportError:
+    sys.exit("pico voices need py-nanotts; pip install 'intentd[train]'")
+pcm = NanoTTS().speak(sys.argv[1], voice=sys.argv[2], speed=float(sys.argv[3]), pitch=float(sys.argv[4]))
+out = io.BytesIO()
+with wave.open(out, "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(16000)
+    w.writeframes(pcm)
+sys.stdout.buffer.write(out.getvalue())
+"""
 _PICO_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
@@ -64,26 +75,20 @@ def _pico(text: str, language: str, wpm: int, pitch: int) -> tuple[np.ndarray, i
     if language not in PICO_VOICES:
         raise IntentdError(f"unknown pico voice {language!r}; choose from {', '.join(PICO_VOICES)}")
     speed, factor = f"{wpm / PICO_NATURAL_WPM:.4f}", f"{pitch / NATURAL_PITCH:.4f}"
-    proc = subprocess.run(
-        [sys.executable, "-c", _PICO_CHILD, text, language, speed, factor],
-        capture_output=True,
-        check=False,
-        env={**os.environ, **_PICO_ENV},
-    )
-    if proc.returncode != 0 or not proc.stdout:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        if err and "No module named 'py_nanotts'" in err[-1]:
-            raise IntentdError("pico voices need py-nanotts; pip install 'intentd[train]'")
-        raise IntentdError(f"pico failed for voice {language!r}: {err[-1] if err else 'no output'}")
-    return np.frombuffer(proc.stdout, dtype="<i2").astype(np.float32) / 32768.0, PICO_RATE_HZ
+    command = [sys.executable, "-c", _PICO_CHILD, text, language, speed, factor]
+    return _run(sys.executable, command, PICO_PREFIX + language, env={**os.environ, **_PICO_ENV})
 
 
-def _run(program: str, command: list[str], voice: str) -> tuple[np.ndarray, int]:
+def _run(
+    program: str, command: list[str], voice: str, env: dict[str, str] | None = None
+) -> tuple[np.ndarray, int]:
     if shutil.which(program) is None:
         raise IntentdError(f"{program} not found; install it (apt-get install {program}) or run `make setup`")
-    proc = subprocess.run(command, capture_output=True, check=False)
+    proc = subprocess.run(command, capture_output=True, check=False, env=env)
     if proc.returncode != 0 or not proc.stdout:
+        # The last line: a Python child's traceback ends with its error, and espeak-ng and flite
+        # write one line.
         err = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise IntentdError(f"{program} failed for voice {voice!r}: {err[0] if err else 'no output'}")
+        raise IntentdError(f"{program} failed for voice {voice!r}: {err[-1] if err else 'no output'}")
     samples, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32")
     return samples, rate
