@@ -36,9 +36,13 @@ def test_int8_agrees_with_fp32_on_most_clips(
     int8_clf = Classifier(path, device="cpu", top_k=14, precision="int8")
     int8 = int8_clf.classify(clips)
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8_clf.model.modules())
-    # On CPUs with native bf16 (this project's machines have AVX512-BF16) the conv encoder runs in it.
-    encoder_dtypes = {p.dtype for p in int8_clf.model.base_model.feature_extractor.parameters()}
-    assert encoder_dtypes == {torch.bfloat16 if cpu_has_native_bf16() else torch.float32}
+    # On CPUs with native bf16 (this project's machines have AVX512-BF16) the conv layers run in it:
+    # the feature encoder and the positional conv.
+    base = int8_clf.model.base_model
+    conv_dtypes = {
+        p.dtype for m in (base.feature_extractor, base.encoder.pos_conv_embed) for p in m.parameters()
+    }
+    assert conv_dtypes == {torch.bfloat16 if cpu_has_native_bf16() else torch.float32}
     agree = sum(a.intent == b.intent for a, b in zip(fp32, int8, strict=True))
     assert agree >= 0.8 * len(clips)
     for a, b in zip(fp32, int8, strict=True):
