@@ -71,7 +71,7 @@ METADATA_NAME = "metadata.csv"
 METADATA_COLUMNS = ("file_name", "label", "text", "phrasing_id", "voice", "rate_wpm", "pitch")
 PHRASING_ID_HEX = 8  # hex digits of sha1(text) in a phrasing id
 
-DEFAULT_PER_INTENT = 600  # 14 x 600 = 8,400 clips, ~15 renderings of each phrasing
+DEFAULT_PER_INTENT = 600  # 14 x 600 = 8,400 clips, 10 renderings of each of 60 phrasings
 DEFAULT_JOBS = 2
 MIN_RATE_WPM, MAX_RATE_WPM = 125, 195
 MIN_PITCH, MAX_PITCH = 20, 80  # espeak-ng's 0-99 scale; 50 is the voice's own
