@@ -49,6 +49,10 @@ RECONNECT_IVL_MAX_MS = 2_000
 # pulled); without them the SUB would keep the dead connection and never reconnect.
 ZMTP_HEARTBEAT_IVL_MS = 1_000
 ZMTP_HEARTBEAT_TIMEOUT_MS = 3_000
+# Python runs a signal handler only between bytecodes: a Ctrl-C that lands after the last check
+# but before the poll syscall starts is not seen until the poll returns. Polling in slices this
+# long bounds that wait (it was the heartbeat timeout, 5 s and more).
+SIGNAL_SLICE_MS = 200
 
 
 def _configure(sock: zmq.Socket, rcvhwm: int) -> None:
@@ -117,13 +121,13 @@ class _SubscriberBase:
         self._pending.extend(self.tracker.tick(now))
         return now
 
-    def _poll_ms(self, now: float, deadline: float | None) -> int | None:
-        """How long to poll: until the caller's deadline or the liveness check, if any."""
+    def _poll_ms(self, now: float, deadline: float | None) -> int:
+        """How long to poll: until the caller's deadline or the liveness check, at most a slice."""
         waits = [t - now for t in (deadline, self.tracker.next_deadline()) if t is not None]
         if not waits:
-            return None
+            return SIGNAL_SLICE_MS
         # +1 ms so the tracker's deadline has really passed when poll returns.
-        return max(0, math.ceil(min(waits) * 1000)) + 1
+        return min(SIGNAL_SLICE_MS, max(0, math.ceil(min(waits) * 1000)) + 1)
 
     @staticmethod
     def _deadline(timeout_s: float | None) -> float | None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ from intentd_client.subscriber import (
 RECV_TIMEOUT_S = 2.0
 JOIN_TIMEOUT_S = 5.0
 SHORT_HEARTBEAT_TIMEOUT_S = 0.3
+CTRL_C_BOUND_S = 10.0  # a liveness bound, far from both the 0.2 s slice and the old 30 s wait
 
 
 class FakeDaemon:
@@ -300,6 +303,20 @@ def test_no_daemon_at_all_is_reported_down(ctx: zmq.Context, tmp_path: Path) -> 
     ) as sub:
         assert sub.wait_ready(0.2) is False
         assert isinstance(sub.recv(RECV_TIMEOUT_S), DaemonDown)
+
+
+def test_ctrl_c_that_misses_the_poll_is_acted_on_within_a_slice(ctx: zmq.Context, tmp_path: Path) -> None:
+    # interrupt_main trips SIGINT's handler without interrupting a syscall: what a real Ctrl-C
+    # does when it lands after Python's last signal check but before the poll starts. The poll
+    # used to run to the heartbeat deadline (60 s here), or the recv timeout (30 s).
+    with Subscriber(f"ipc://{tmp_path}/nobody.sock", context=ctx, heartbeat_timeout_s=60.0) as sub:
+        timer = threading.Timer(0.2, _thread.interrupt_main)
+        t0 = time.monotonic()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            sub.recv(30.0)
+        timer.join()
+        assert time.monotonic() - t0 < CTRL_C_BOUND_S
 
 
 def test_wait_ready_waits_for_the_first_message(ctx: zmq.Context, daemon: FakeDaemon) -> None:
