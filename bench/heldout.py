@@ -41,7 +41,8 @@ from streams import Stream, add_noise, assemble_stream, trim_silence
 
 from intentd.resample import resample
 from intentd.vad import VadConfig
-from intentd_train.corpus import CORPUS_RATE_HZ, INTENTS, PCM_SUBTYPE, PEAK_LEVEL, _render, load_phrasings
+from intentd_train.corpus import CORPUS_RATE_HZ, PCM_SUBTYPE, PEAK_LEVEL
+from intentd_train.wording import INTENTS, load_phrasings, render
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT2WAVE = "text2wave"
@@ -99,7 +100,7 @@ def heldout_utterances(model_dir: Path, per_phrasing: int, seed: int) -> tuple[l
         )
     rng = np.random.default_rng(seed)
     utterances = [
-        Utterance(label, pid, _render(templates[pid], rng), f"{pid}-{k}")
+        Utterance(label, pid, render(templates[pid], rng), f"{pid}-{k}")
         for label, pid in wanted
         if pid in templates
         for k in range(per_phrasing)

@@ -16,7 +16,6 @@ from intentd.speak import FLITE_PREFIX, FLITE_VOICES, PICO_PREFIX, PICO_VOICES, 
 from intentd_train.corpus import (
     CORPUS_RATE_HZ,
     FLITE_SHARE,
-    INTENTS,
     METADATA_COLUMNS,
     METADATA_NAME,
     PEAK_LEVEL,
@@ -27,9 +26,9 @@ from intentd_train.corpus import (
     CorpusError,
     build_corpus,
     load_corpus,
-    load_phrasings,
     plan_corpus,
 )
+from intentd_train.wording import INTENTS, load_phrasings
 
 MIN_PHRASINGS_PER_INTENT = 30
 SMALL = ("balance", "freeze", "pay_bill")

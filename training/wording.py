@@ -1,0 +1,154 @@
+"""What the corpus says: the 14 intents, the phrasing files, slot fillers, openers and closers.
+
+`phrasings/<label>.txt` (shipped with the package) holds one way a customer asks for each intent
+per line, with `{slot}` fields; `render` fills the slots and may add a call-centre opener or
+closer. Who says it, and how it is written to disk, is `corpus.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from intentd.errors import IntentdError
+
+# The 14 MInDS-14 intents, in the dataset's (alphabetical) order.
+INTENTS: tuple[str, ...] = (
+    "abroad",
+    "address",
+    "app_error",
+    "atm_limit",
+    "balance",
+    "business_loan",
+    "card_issues",
+    "cash_deposit",
+    "direct_debit",
+    "freeze",
+    "high_value_payment",
+    "joint_account",
+    "latest_transactions",
+    "pay_bill",
+)
+
+PHRASING_ID_HEX = 8  # hex digits of sha1(text) in a phrasing id
+
+# Values for the {slot} fields in phrasing files; one is drawn per clip.
+SLOTS: dict[str, tuple[str, ...]] = {
+    "amount": (
+        "20,000 pounds", "fifteen thousand pounds", "50,000 pounds", "10,000 dollars",
+        "thirty thousand euros", "25,000 pounds", "100,000 pounds", "twelve thousand dollars",
+        "8,000 pounds", "forty thousand dollars", "75,000 euros", "a quarter of a million pounds",
+    ),
+    "cash": (
+        "500 pounds", "two hundred pounds", "1,000 pounds", "300 dollars", "800 euros",
+        "a thousand dollars", "600 pounds", "two hundred and fifty pounds", "400 euros",
+    ),
+    "country": (
+        "Spain", "France", "the United States", "Italy", "Germany", "Portugal", "Thailand",
+        "Australia", "Canada", "Greece", "Mexico", "Japan", "Turkey", "Dubai", "India",
+    ),
+    "city": (
+        "London", "Manchester", "Leeds", "Bristol", "Glasgow", "Sydney", "Boston", "Chicago",
+        "Melbourne", "Birmingham", "Dublin", "Brisbane",
+    ),
+    "street": (
+        "twelve Church Street", "forty five Park Road", "eight High Street",
+        "three Station Road", "twenty one Victoria Avenue", "seven Mill Lane",
+        "fifty two Elm Grove", "ninety Queen Street",
+    ),
+    "person": (
+        "my wife", "my husband", "my partner", "my girlfriend", "my boyfriend", "my mum",
+        "my dad", "my daughter", "my son", "my brother", "my sister", "my fiance",
+    ),
+    "business": (
+        "my bakery", "my restaurant", "my small business", "my shop", "my company",
+        "my cafe", "my plumbing business", "my hair salon", "my building firm", "my farm",
+    ),
+    "bill": (
+        "electricity bill", "gas bill", "water bill", "phone bill", "internet bill",
+        "council tax bill", "credit card bill", "TV licence", "mobile phone bill", "energy bill",
+    ),
+    "company": (
+        "the gym", "my phone company", "the energy company", "Netflix", "British Gas",
+        "my insurance company", "the council", "my landlord", "Vodafone", "Sky",
+    ),
+    "digits": ("four five six one", "two nine eight", "seven seven three zero", "one two three"),
+}  # fmt: skip
+
+# Call-centre openers and closers, added to some clips; "" (most often) adds nothing.
+OPENERS: tuple[str, ...] = (
+    "", "", "", "", "hi, ", "hello, ", "um, ", "hi there, ", "good morning, ", "yes hello, ",
+    "hi, um, ", "hello, yeah, ", "erm, ",
+)  # fmt: skip
+CLOSERS: tuple[str, ...] = ("", "", "", "", " please", ", thanks", ", thank you")
+_HAS_OPENER = ("hi", "hello", "um", "erm", "yes", "good")
+
+
+class PhrasingError(IntentdError):
+    """A phrasing file that is missing, names an unknown slot, or repeats a phrasing."""
+
+
+@dataclass(frozen=True)
+class Phrasing:
+    """One way a customer says an intent; `{slot}` fields are filled per clip."""
+
+    id: str  # "<label>-<sha1 of template>": stable under reordering of the phrasing files
+    label: str
+    template: str
+
+
+def phrasing_id(label: str, template: str) -> str:
+    """The stable id of a phrasing: its label and a hash of its whitespace-normalised text."""
+    digest = hashlib.sha1(" ".join(template.split()).encode()).hexdigest()
+    return f"{label}-{digest[:PHRASING_ID_HEX]}"
+
+
+def load_phrasings(intents: Iterable[str] = INTENTS) -> dict[str, tuple[Phrasing, ...]]:
+    """Read `phrasings/<label>.txt` shipped with the package, checking ids and slots."""
+    root = resources.files("intentd_train") / "phrasings"
+    out: dict[str, tuple[Phrasing, ...]] = {}
+    seen: dict[str, str] = {}
+    for label in intents:
+        source = root / f"{label}.txt"
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError as e:
+            raise PhrasingError(f"no phrasings for intent {label!r}: {source} is missing") from e
+        phrasings = []
+        for line in lines:
+            template = " ".join(line.split())
+            if not template or template.startswith("#"):
+                continue
+            slots = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+            if slots - SLOTS.keys():
+                raise PhrasingError(f"{source}: unknown slots {sorted(slots - SLOTS.keys())}")
+            pid = phrasing_id(label, template)
+            if pid in seen:
+                raise PhrasingError(f"{source}: duplicate phrasing {template!r}")
+            seen[pid] = template
+            phrasings.append(Phrasing(pid, label, template))
+        out[label] = tuple(phrasings)
+    return out
+
+
+def render(template: str, rng: np.random.Generator) -> str:
+    """Fill the slots and maybe add an opener/closer, drawing from `rng`."""
+    text = template.format_map({name: str(rng.choice(values)) for name, values in SLOTS.items()})
+    opener, closer = str(rng.choice(OPENERS)), str(rng.choice(CLOSERS))
+    first_word = text.split()[0].strip(",.?!").lower()
+    if first_word in _HAS_OPENER:
+        opener = ""
+    if opener and not (first_word == "i" or first_word.startswith("i'")):
+        text = text[0].lower() + text[1:]
+    text = opener + text
+    if closer.startswith(", ") and text.endswith("?"):
+        text += f" {closer[2:].capitalize()}."  # "...abroad? Thanks."
+    elif closer:
+        stem, end = (text[:-1], text[-1]) if text[-1] in "?.!" else (text, "")
+        text = stem + closer + end
+    return text
