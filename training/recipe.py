@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "hold out whole voices and whole phrasings) or --dataset NAME (a Hub dataset such "
             "as PolyAI/minds14 with --dataset-config en-US). Model: --base-model (Hub id or "
             "local save_pretrained folder, fine-tuned) or --from-config SIZE (from scratch). "
-            "--preset demo trains the built-in demo model on the espeak-ng corpus."
+            "--preset demo trains the built-in demo model on the synthetic corpus."
         ),
     )
     src = p.add_mutually_exclusive_group()
@@ -99,7 +99,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="demo: small from-scratch model on the espeak-ng corpus (generated if absent) "
+        help="demo: small from-scratch model on the synthetic corpus (generated if absent) "
         "into models/demo; other flags override it",
     )
     p.add_argument(
@@ -330,7 +330,7 @@ def _ensure_corpus(data_dir: Path, seed: int) -> None:
         return
     from intentd_train.corpus import build_corpus
 
-    log.info("generating the espeak-ng corpus in %s (seed %d)", data_dir, seed)
+    log.info("generating the synthetic corpus in %s (seed %d)", data_dir, seed)
     build_corpus(data_dir, seed)
 
 
