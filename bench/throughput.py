@@ -11,7 +11,7 @@ checkpoint (models/demo if present, else --trained DIR); on cuda, fp16 there aga
 A variant is a precision (`pipeline`, `fp32`, `int8`, or `fp16`: what fp32 runs as on cuda) and
 optional parts: `1thread`, `eager` (attention), `b<N>` (max batch, default 8), `equal` (batch only
 clips of equal length, as before per-clip norms let wav2vec2-base mix lengths), `nocudnn`, `fp32enc`
-(int8 with the conv encoder left in fp32, as before it ran in bf16).
+(int8 with the conv layers, feature encoder and positional conv, left in fp32, as before they ran in bf16).
 Writes bench/out/throughput.{json,png}.
 """
 
