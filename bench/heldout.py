@@ -190,7 +190,8 @@ def print_table(report: dict) -> None:
     """Per intent, per voice and overall: right/total and accuracy for both paths."""
 
     def fmt(c: dict) -> str:
-        return f"{c['right']:>4}/{c['total']:<4} {c['accuracy']:>6.1%}"
+        # From the counts: the stored accuracy is already rounded to 4 digits.
+        return f"{c['right']:>4}/{c['total']:<4} {c['right'] / max(1, c['total']):>6.1%}"
 
     def row(name: str, clips: dict, stream: dict) -> None:
         print(f"{name:24}{fmt(clips):>18}   {fmt(stream):>16}")

@@ -26,7 +26,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         choices=("fp32", "int8"),
-        help="fp32 (default) or int8 (CPU: quantised Linear layers, bf16 conv encoder)",
+        help="fp32 (default) or int8 (CPU: quantised Linear layers, conv layers in bf16)",
     )
     p.add_argument("--int8", action="store_const", const="int8", dest="precision", help="--precision int8")
     p.add_argument("--config", help="TOML config file (same keys as intentd.toml); flags win")

@@ -36,7 +36,7 @@ class ModelConfig:
     min_score: float = 0.0
     top_k: int = 3
     threads: int = 0  # 0: torch's default
-    precision: str = "fp32"  # fp32, or int8: Linear layers quantised, conv encoder in bf16 (CPU only)
+    precision: str = "fp32"  # fp32, or int8: Linear layers quantised, conv layers in bf16 (CPU only)
     # cuda only: cuDNN's convolutions (true) or PyTorch's own (false). On an H200, own kernels ran a
     # single utterance of wav2vec2-base 2.3x faster and cuDNN a batch of 64 1.7x faster
     # (bench/RESULTS.md section 7); the daemon mostly runs batches of 1-2.

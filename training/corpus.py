@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
-from intentd.errors import ConfigError, IntentdError
+from intentd.errors import ConfigError
 from intentd.resample import resample
 from intentd.speak import (
     ESPEAK,
@@ -37,7 +37,7 @@ from intentd.speak import (
     PICO_VOICES,
     speak,
 )
-from intentd_train.wording import INTENTS, load_phrasings, render
+from intentd_train.wording import INTENTS, CorpusError, load_phrasings, render
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -83,10 +83,6 @@ VARIANTS: tuple[str, ...] = (
     "Andy", "Annie", "aunty", "belinda", "david", "edward", "grandma", "grandpa",
     "john", "linda", "max", "michel", "paul", "quincy", "rob", "steph", "travis", "zac",
 )  # fmt: skip
-
-
-class CorpusError(IntentdError):
-    """A corpus that cannot be built: output folder in use, a synthesizer missing or failing."""
 
 
 @dataclass(frozen=True)

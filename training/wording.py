@@ -8,6 +8,7 @@ closer. Who says it, and how it is written to disk, is `corpus.py`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from importlib import resources
 import numpy as np
 
 from intentd.errors import IntentdError
+
+log = logging.getLogger(__name__)
 
 # The 14 MInDS-14 intents, in the dataset's (alphabetical) order.
 INTENTS: tuple[str, ...] = (
@@ -89,8 +92,9 @@ CLOSERS: tuple[str, ...] = ("", "", "", "", " please", ", thanks", ", thank you"
 _HAS_OPENER = ("hi", "hello", "um", "erm", "yes", "good")
 
 
-class PhrasingError(IntentdError):
-    """A phrasing file that is missing, names an unknown slot, or repeats a phrasing."""
+class CorpusError(IntentdError):
+    """A corpus that cannot be built: a phrasing file missing or wrong, the output folder in use,
+    a synthesizer missing or failing (defined here, below corpus.py, so both raise it)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def load_phrasings(intents: Iterable[str] = INTENTS) -> dict[str, tuple[Phrasing
         try:
             lines = source.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError as e:
-            raise PhrasingError(f"no phrasings for intent {label!r}: {source} is missing") from e
+            raise CorpusError(f"no phrasings for intent {label!r}: {source} is missing") from e
         phrasings = []
         for line in lines:
             template = " ".join(line.split())
@@ -126,10 +130,10 @@ def load_phrasings(intents: Iterable[str] = INTENTS) -> dict[str, tuple[Phrasing
                 continue
             slots = {name for _, name, _, _ in string.Formatter().parse(template) if name}
             if slots - SLOTS.keys():
-                raise PhrasingError(f"{source}: unknown slots {sorted(slots - SLOTS.keys())}")
+                raise CorpusError(f"{source}: unknown slots {sorted(slots - SLOTS.keys())}")
             pid = phrasing_id(label, template)
             if pid in seen:
-                raise PhrasingError(f"{source}: duplicate phrasing {template!r}")
+                raise CorpusError(f"{source}: duplicate phrasing {template!r}")
             seen[pid] = template
             phrasings.append(Phrasing(pid, label, template))
         out[label] = tuple(phrasings)
