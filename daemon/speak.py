@@ -27,7 +27,7 @@ FLITE_NATURAL_WPM = 170  # flite's speaking rate at duration_stretch 1
 PICO_PREFIX = "pico:"
 PICO_VOICES = ("en-US", "en-GB")  # the English lingware bundled with py-nanotts
 PICO_NATURAL_WPM = 150  # Pico's speaking rate at speed 1
-PICO_RATE_HZ = 16000
+PICO_RATE_HZ = 16000  # Pico's output rate; the child labels its WAV with it
 NATURAL_PITCH = 50  # espeak-ng's 0-99 scale; Pico's pitch factor is pitch / NATURAL_PITCH
 # Pico runs in a child process, like the other two. It reads its 2.5 MB work area before
 # writing all of it, and glibc hands a freed block back to the next malloc once its dynamic
@@ -44,7 +44,7 @@ out = io.BytesIO()
 with wave.open(out, "wb") as w:
     w.setnchannels(1)
     w.setsampwidth(2)
-    w.setframerate(16000)
+    w.setframerate(int(sys.argv[5]))
     w.writeframes(pcm)
 sys.stdout.buffer.write(out.getvalue())
 """
@@ -75,7 +75,7 @@ def _pico(text: str, language: str, wpm: int, pitch: int) -> tuple[np.ndarray, i
     if language not in PICO_VOICES:
         raise IntentdError(f"unknown pico voice {language!r}; choose from {', '.join(PICO_VOICES)}")
     speed, factor = f"{wpm / PICO_NATURAL_WPM:.4f}", f"{pitch / NATURAL_PITCH:.4f}"
-    command = [sys.executable, "-c", _PICO_CHILD, text, language, speed, factor]
+    command = [sys.executable, "-c", _PICO_CHILD, text, language, speed, factor, str(PICO_RATE_HZ)]
     return _run(sys.executable, command, PICO_PREFIX + language, env={**os.environ, **_PICO_ENV})
 
 
