@@ -12,7 +12,7 @@ import numpy as np
 from intentd.audio import read_wav, shown
 from intentd.errors import AudioFileError
 from intentd.model import Classifier, Prediction
-from intentd.resample import MODEL_RATE_HZ, resample
+from intentd.resample import MODEL_RATE_HZ, to_model_rate
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,13 @@ MAX_CLIP_S = 60.0
 MIN_CLIP_S = 0.1
 
 
-def load_clip(path: str) -> np.ndarray:
-    """A file as the model sees it: float32 mono at 16 kHz (the same front end as training)."""
+def load_clip(path: str, trained_rate_hz: int | None = None) -> np.ndarray:
+    """A file as the model sees it: float32 mono at 16 kHz (the same front end as training),
+    band-limited to the checkpoint's training audio (`Classifier.trained_rate_hz`)."""
     samples, rate = read_wav(path, max_s=MAX_CLIP_S)
     if samples.size == 0:
         raise AudioFileError(f"{shown(path)}: contains no audio samples")
-    clip = resample(samples, rate, MODEL_RATE_HZ)
+    clip = to_model_rate(samples, rate, trained_rate_hz)
     min_samples = round(MIN_CLIP_S * MODEL_RATE_HZ)
     return np.pad(clip, (0, min_samples - len(clip))) if len(clip) < min_samples else clip
 
@@ -56,7 +57,7 @@ def classify_files(paths: Sequence[str], clf: Classifier, max_batch: int) -> int
         clips: list[np.ndarray] = []
         for path in window:
             try:
-                clips.append(load_clip(path))
+                clips.append(load_clip(path, clf.trained_rate_hz))
                 good.append(path)
             except AudioFileError as e:
                 print(f"intentd: error: {e}", file=sys.stderr)

@@ -296,20 +296,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     _setup_logging(args, "warning")
     import torch
 
-    from intentd.model import resolve_device
+    from intentd.model import TRAINED_RATE_KEY, resolve_device
 
     cfg = _config_from_args(args)
     model_path = str(Path(cfg.model.resolved_path).resolve())
     labels: list[str] = []
+    model_config: dict = {}
     cfg_file = Path(model_path) / "config.json"
     if cfg_file.is_file():
-        id2label = json.loads(cfg_file.read_text()).get("id2label", {})
+        model_config = json.loads(cfg_file.read_text())
+        id2label = model_config.get("id2label", {})
         labels = [id2label[k] for k in sorted(id2label, key=int)]
     info = {
         "version": __version__,
         "device": str(resolve_device(cfg.model.device)),
         "model_path": model_path,
         "labels": labels,
+        "trained_rate_hz": model_config.get(TRAINED_RATE_KEY),  # None: not recorded, no band limit
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
     }

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 WARMUP_S = 1.0
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "int8")
+# config.json key `intentd train` writes: the sample rate of the audio the model was trained on
+# (the highest among its training clips). Input wider than that is band-limited to it.
+TRAINED_RATE_KEY = "intentd_trained_rate_hz"
 # Clips whose lengths are within this ratio of each other share a forward pass: sorted length
 # buckets keep padding (work spent on zeros) under 25 % of a batch.
 MAX_PAD_RATIO = 1.25
@@ -120,6 +123,7 @@ class Classifier:
         self.extractor, self.model = _load(self.path, self.device)
         _fold_weight_norm(self.model)
         cfg = self.model.config
+        self.trained_rate_hz = _trained_rate_hz(cfg, self.path)
         self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
         self.name = self.path.resolve().name
         # Clips of different lengths share a pass when padding cannot change their results: the
@@ -359,6 +363,23 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: the memory is reused, just not returned
         log.debug("malloc_trim unavailable; freed model memory stays in the heap")
+
+
+def _trained_rate_hz(cfg: object, path: Path) -> int | None:
+    """The sample rate of the audio the checkpoint was trained on, when `intentd train` wrote it."""
+    rate = getattr(cfg, TRAINED_RATE_KEY, None)
+    if rate is None:
+        return None
+    if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
+        raise ModelError(
+            f"model folder {path}: config.json {TRAINED_RATE_KEY} must be a positive integer, "
+            f"got {rate!r}; fix it or remove the key"
+        )
+    if rate < MODEL_RATE_HZ:
+        log.info(
+            "model %s was trained on %d Hz audio: input is band-limited to %d Hz", path.name, rate, rate // 2
+        )
+    return rate
 
 
 def _load(path: Path, device: torch.device) -> tuple[object, torch.nn.Module]:

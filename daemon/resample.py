@@ -52,6 +52,17 @@ def resample(samples: np.ndarray, rate_hz: int, target_hz: int = MODEL_RATE_HZ) 
     return np.asarray(y, dtype=np.float32)
 
 
+def to_model_rate(samples: np.ndarray, rate_hz: int, trained_rate_hz: int | None = None) -> np.ndarray:
+    """Audio at 16 kHz as a checkpoint trained on `trained_rate_hz` audio heard it in training.
+
+    Input wider than that goes through `trained_rate_hz` first: a model trained on 8 kHz clips
+    has never heard 4-8 kHz, and noise or sibilance there only moves its answers.
+    """
+    if trained_rate_hz is not None and trained_rate_hz < min(rate_hz, MODEL_RATE_HZ):
+        samples, rate_hz = resample(samples, rate_hz, trained_rate_hz), trained_rate_hz
+    return resample(samples, rate_hz, MODEL_RATE_HZ)
+
+
 class Resampler:
     """Pipeline stage: bring each whole VAD segment to `target_hz` (not a streaming resampler)."""
 

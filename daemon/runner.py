@@ -41,7 +41,7 @@ from intentd.errors import AudioDeviceError, IntentdError
 from intentd.model import Classifier, batch_groups
 from intentd.notify import Notifier, WatchdogGate
 from intentd.publisher import Publisher, Result
-from intentd.resample import MODEL_RATE_HZ, resample
+from intentd.resample import to_model_rate
 from intentd.security import CurveServer
 from intentd.sources import EndOfStream, Source
 from intentd.speculation import Speculation, Speculations
@@ -318,7 +318,7 @@ class Pipeline:
 
     def _enqueue(self, seg: Segment, speculation: Speculation | None = None) -> None:
         job = Job(
-            samples=resample(seg.samples, seg.rate_hz, MODEL_RATE_HZ),
+            samples=to_model_rate(seg.samples, seg.rate_hz, self.classifier.trained_rate_hz),
             source=seg.source,
             start_s=seg.start_s,
             end_s=seg.end_s,

@@ -6,9 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import speech
 from conftest import INTENTD
+from tinymodel import save_tiny_checkpoint
 
 TEXTS = [
     "I would like to check the balance of my account",
@@ -60,6 +62,61 @@ def test_info_names_the_model(tiny_model: Path) -> None:
     info = json.loads(r.stdout)
     assert info["model_path"] == str(tiny_model.resolve()) and info["device"] == "cpu"
     assert "balance" in info["labels"]
+    assert info["trained_rate_hz"] is None  # not recorded: input is not band-limited
+
+
+@pytest.fixture(scope="module")
+def tiny_model_8k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint, saying (as `intentd train` writes) it was trained on 8 kHz audio."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-8k"), intentd_trained_rate_hz=8000)
+
+
+def _with_tone_inside_speech(rec: speech.Recording, freq_hz: float) -> np.ndarray:
+    """The recording with a tone over the middle half of each utterance (the VAD cuts the same)."""
+    out = rec.samples.copy()
+    for start_s, end_s in rec.spans_s:
+        a = int((0.75 * start_s + 0.25 * end_s) * rec.rate_hz)
+        b = int((0.25 * start_s + 0.75 * end_s) * rec.rate_hz)
+        out[a:b] += 0.05 * np.sin(2 * np.pi * freq_hz * np.arange(b - a) / rec.rate_hz).astype(np.float32)
+    return out
+
+
+def _scores(lines: list[dict]) -> list[dict[str, float]]:
+    return [{k["label"]: k["score"] for k in line["top_k"]} for line in lines]
+
+
+def _score_change(a: list[dict], b: list[dict]) -> float:
+    """The largest change in any top-k score between two runs' lines (same labels required)."""
+    pairs = list(zip(_scores(a), _scores(b), strict=True))
+    assert all(x.keys() == y.keys() for x, y in pairs)
+    return max(abs(x[k] - y[k]) for x, y in pairs for k in x)
+
+
+def test_a_model_trained_on_8khz_audio_does_not_hear_above_4khz(
+    tiny_model: Path, tiny_model_8k: Path, tmp_path: Path
+) -> None:
+    rec = speech.recording(TEXTS[:2], rate_hz=48000, gap_s=1.5)
+    plain = rec.write(tmp_path / "plain.wav", "FLOAT")
+    tone = speech.Recording(_with_tone_inside_speech(rec, 6000), 48000, rec.spans_s, rec.texts)
+    toned = tone.write(tmp_path / "toned.wav", "FLOAT")
+
+    def run(*args: str) -> list[dict]:
+        r = intentd(*args, "--device", "cpu")
+        assert r.returncode == 0, r.stderr
+        return [json.loads(line) for line in r.stdout.splitlines()]
+
+    info = json.loads(intentd("info", "--json", "--model", str(tiny_model_8k)).stdout)
+    assert info["trained_rate_hz"] == 8000
+    for command in ("classify", "replay"):
+        # The two checkpoints have the same weights; only the recorded training rate differs.
+        # A random tiny model's scores move little, so the test compares the two moves: the
+        # filter's stopband lets a trace through, measured 12-37x smaller than the full tone.
+        wide = [run(command, str(p), "--model", str(tiny_model)) for p in (plain, toned)]
+        narrow = [run(command, str(p), "--model", str(tiny_model_8k)) for p in (plain, toned)]
+        assert len(narrow[0]) == len(narrow[1]) == (1 if command == "classify" else 2)
+        assert _score_change(*narrow) <= _score_change(*wide) / 5, (
+            f"{command}: a 6 kHz tone reached a model trained on 8 kHz audio"
+        )
 
 
 def _assert_one_line_error(r: subprocess.CompletedProcess[str], *words: str) -> None:

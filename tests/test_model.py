@@ -65,3 +65,11 @@ def test_pickle_only_checkpoint_is_refused(tiny_model: Path, tmp_path: Path) -> 
         f.unlink()
     with pytest.raises(ModelError, match="safetensors"):
         Classifier(tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize("rate", ["8k", 0, 8000.5, True])
+def test_a_bad_trained_rate_is_a_model_error(rate: object, tmp_path: Path) -> None:
+    from tinymodel import save_tiny_checkpoint
+
+    with pytest.raises(ModelError, match="intentd_trained_rate_hz must be a positive integer"):
+        Classifier(save_tiny_checkpoint(tmp_path, intentd_trained_rate_hz=rate), device="cpu")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from intentd.resample import MODEL_RATE_HZ, Resampler, resample
+from intentd.resample import MODEL_RATE_HZ, Resampler, resample, to_model_rate
 from intentd.vad import Segment
 
 RATES_HZ = [8000, 11025, 16000, 22050, 32000, 44100, 48000]
@@ -91,3 +91,26 @@ def test_resampler_stage_converts_segment_audio_only() -> None:
     at_model_rate = dataclasses.replace(segment, samples=tone(MODEL_RATE_HZ), rate_hz=16000)
     assert stage.process(at_model_rate) is at_model_rate
     assert stage.flush() == []
+
+
+def _level_at(y: np.ndarray, freq_hz: int) -> float:
+    """Amplitude of the `freq_hz` component of one second of 16 kHz audio."""
+    return float(np.abs(np.fft.rfft(y[:MODEL_RATE_HZ]))[freq_hz] * 2 / MODEL_RATE_HZ)
+
+
+def test_a_model_trained_on_8khz_audio_gets_only_its_band() -> None:
+    t = np.arange(48000) / 48000
+    x = (0.3 * np.sin(2 * np.pi * 1000 * t) + 0.3 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+    limited, wide = to_model_rate(x, 48000, 8000), to_model_rate(x, 48000, None)
+    assert len(limited) == len(wide) == MODEL_RATE_HZ
+    assert _level_at(wide, 6000) == pytest.approx(0.3, rel=0.02)
+    assert _level_at(limited, 6000) < 0.003  # at least 40 dB down
+    assert _level_at(limited, 1000) == pytest.approx(_level_at(wide, 1000), rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("rate_hz", "trained_rate_hz"), [(8000, 8000), (48000, 16000), (48000, 44100), (8000, 16000)]
+)
+def test_input_no_wider_than_the_training_audio_is_only_resampled(rate_hz: int, trained_rate_hz: int) -> None:
+    x = tone(rate_hz)
+    assert np.array_equal(to_model_rate(x, rate_hz, trained_rate_hz), resample(x, rate_hz))

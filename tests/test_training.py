@@ -139,6 +139,7 @@ def test_output_folder_is_a_loadable_checkpoint_with_reports(trained: Path) -> N
     assert {"metrics.json", "confusion_matrix.png", "learning_curve.png", "README.md"} <= names
     config = json.loads((trained / "config.json").read_text())
     assert sorted(config["label2id"]) == sorted(TEXTS)
+    assert config["intentd_trained_rate_hz"] == CORPUS_RATE_HZ  # the daemon band-limits to it
     metrics = json.loads((trained / "metrics.json").read_text())
     assert set(metrics["per_intent_accuracy"]) == set(TEXTS)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["test_clips"] > 0

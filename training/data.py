@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 AUDIO_COLUMN = "audio"
 VOICE_COLUMN = "voice"
 PHRASING_COLUMN = "phrasing_id"
+# Each decoded clip's own sample rate, before the front end brought it to 16 kHz.
+SOURCE_RATE_COLUMN = "source_rate_hz"
 # Clips kept per diagnostic split (unseen voice only / unseen phrasing only): enough for a
 # percent-level estimate without doubling the evaluation time.
 DIAGNOSTIC_CLIPS = 400
@@ -167,8 +169,9 @@ def _sample(idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(idx, size=DIAGNOSTIC_CLIPS, replace=False))
 
 
-def load_clip(audio: dict[str, object]) -> np.ndarray:
-    """One undecoded `Audio` cell as float32 mono at 16 kHz, via the daemon's reader + resampler."""
+def load_clip(audio: dict[str, object]) -> tuple[np.ndarray, int]:
+    """One undecoded `Audio` cell as float32 mono at 16 kHz, via the daemon's reader + resampler;
+    and the file's own sample rate."""
     from intentd.audio import read_wav
     from intentd.resample import resample
 
@@ -186,16 +189,21 @@ def load_clip(audio: dict[str, object]) -> np.ndarray:
         raise AudioFileError(f"{path}: no such file")
     if samples.size == 0:
         raise AudioFileError(f"{path}: contains no samples")
-    return resample(samples, rate_hz, TARGET_RATE_HZ)
+    return resample(samples, rate_hz, TARGET_RATE_HZ), rate_hz
 
 
 def decode(ds: Dataset, max_length_s: float, desc: str) -> Dataset:
-    """Batched map: waveforms at 16 kHz (cut to `max_length_s`) plus their lengths."""
+    """Batched map: waveforms at 16 kHz (cut to `max_length_s`), their lengths and source rates."""
     max_samples = int(max_length_s * TARGET_RATE_HZ)
 
     def front_end(batch: dict[str, list]) -> dict[str, list]:
-        waves = [load_clip(a)[:max_samples] for a in batch[AUDIO_COLUMN]]
-        return {"input_values": waves, "length": [len(w) for w in waves]}
+        clips = [load_clip(a) for a in batch[AUDIO_COLUMN]]
+        waves = [w[:max_samples] for w, _ in clips]
+        return {
+            "input_values": waves,
+            "length": [len(w) for w in waves],
+            SOURCE_RATE_COLUMN: [rate for _, rate in clips],
+        }
 
     return ds.map(front_end, batched=True, batch_size=64, desc=desc)
 

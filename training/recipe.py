@@ -196,6 +196,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     import torch
     from transformers import TrainingArguments, set_seed
 
+    from intentd.model import TRAINED_RATE_KEY
     from intentd_train import data, modeling, report
 
     if config.num_threads:
@@ -212,11 +213,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     ctc_weight = _ctc_weight(config) if data.text_column_of(raw) is not None else 0.0
     config = dataclasses.replace(config, ctc_weight=ctc_weight)  # metrics.json shows what ran
     use_ctc = ctc_weight > 0
-    train_ds = data.as_model_inputs(
-        data.decode(parts.train, config.max_length_s, "decoding training clips"),
-        label_column,
-        transcripts=use_ctc,
-    )
+    decoded_train = data.decode(parts.train, config.max_length_s, "decoding training clips")
+    # The daemon band-limits wider input to this (intentd.model.TRAINED_RATE_KEY): a model
+    # trained on 8 kHz clips, like MInDS-14 or our corpus, has never heard 4-8 kHz.
+    trained_rate_hz = int(max(decoded_train[data.SOURCE_RATE_COLUMN]))
+    train_ds = data.as_model_inputs(decoded_train, label_column, transcripts=use_ctc)
     test_ds = data.as_model_inputs(
         data.decode(parts.test, config.max_length_s, "decoding held-out clips"), label_column
     )
@@ -294,6 +295,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     # The classifier alone: the CTC head was a training aid.
+    setattr(classifier.config, TRAINED_RATE_KEY, trained_rate_hz)
     classifier.save_pretrained(str(config.output_dir))
     extractor.save_pretrained(str(config.output_dir))
     evaluations = {"test": _predict(trainer, test_ds)}
