@@ -28,7 +28,7 @@ from intentd_train.corpus import (
     load_corpus,
     plan_corpus,
 )
-from intentd_train.wording import INTENTS, load_phrasings
+from intentd_train.wording import INTENTS, load_phrasings, spoken_core
 
 MIN_PHRASINGS_PER_INTENT = 30
 SMALL = ("balance", "freeze", "pay_bill")
@@ -57,9 +57,20 @@ def test_phrasings_are_many_unique_and_labelled() -> None:
     assert tuple(phrasings) == INTENTS
     ids = [p.id for group in phrasings.values() for p in group]
     assert len(ids) == len(set(ids))
+    # No two sound the same once `render` adds an opener or closer, in any two intents.
+    cores = [spoken_core(p.template) for group in phrasings.values() for p in group]
+    assert len(cores) == len(set(cores))
     for label, group in phrasings.items():
         assert len(group) >= MIN_PHRASINGS_PER_INTENT, label
         assert all(p.id.startswith(f"{label}-") and p.label == label for p in group)
+
+
+def test_the_spoken_core_drops_openers_closers_case_and_punctuation() -> None:
+    assert spoken_core("Hello, I need to make a big payment") == "i need to make a big payment"
+    assert spoken_core("I need to make a big payment, thank you") == "i need to make a big payment"
+    assert spoken_core("hi there, um, what's my balance please?") == "what's my balance"
+    assert spoken_core("Please freeze my card") == "please freeze my card"  # a closer only at the end
+    assert spoken_core("Can I pay {amount} to {person}?") == "can i pay {amount} to {person}"
 
 
 def test_three_synthesizers_share_the_corpus() -> None:

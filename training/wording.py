@@ -90,6 +90,10 @@ OPENERS: tuple[str, ...] = (
 )  # fmt: skip
 CLOSERS: tuple[str, ...] = ("", "", "", "", " please", ", thanks", ", thank you")
 _HAS_OPENER = ("hi", "hello", "um", "erm", "yes", "good")
+# Words an opener or closer is made of: two phrasings that differ only in these sound the same
+# once `render` has added one, so a held-out phrasing would have a twin in training.
+_OPENER_WORDS = frozenset(w for o in OPENERS for w in o.replace(",", " ").split())
+_CLOSER_TAILS = tuple(c.replace(",", " ").split() for c in CLOSERS if c)
 
 
 class CorpusError(IntentdError):
@@ -112,11 +116,23 @@ def phrasing_id(label: str, template: str) -> str:
     return f"{label}-{digest[:PHRASING_ID_HEX]}"
 
 
+def spoken_core(template: str) -> str:
+    """The words of `template` without case, punctuation, a leading opener or a trailing closer."""
+    words = "".join(c if c.isalnum() or c in "'{}" else " " for c in template.lower()).split()
+    while words and words[0] in _OPENER_WORDS:
+        words.pop(0)
+    for tail in sorted(_CLOSER_TAILS, key=len, reverse=True):
+        if len(words) > len(tail) and words[-len(tail) :] == tail:
+            del words[-len(tail) :]
+            break
+    return " ".join(words)
+
+
 def load_phrasings(intents: Iterable[str] = INTENTS) -> dict[str, tuple[Phrasing, ...]]:
     """Read `phrasings/<label>.txt` shipped with the package, checking ids and slots."""
     root = resources.files("intentd_train") / "phrasings"
     out: dict[str, tuple[Phrasing, ...]] = {}
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {}  # spoken core -> the phrasing that has it, across all intents
     for label in intents:
         source = root / f"{label}.txt"
         try:
@@ -131,10 +147,14 @@ def load_phrasings(intents: Iterable[str] = INTENTS) -> dict[str, tuple[Phrasing
             slots = {name for _, name, _, _ in string.Formatter().parse(template) if name}
             if slots - SLOTS.keys():
                 raise CorpusError(f"{source}: unknown slots {sorted(slots - SLOTS.keys())}")
+            core = spoken_core(template)
+            if core in seen:
+                raise CorpusError(
+                    f"{source}: phrasing {template!r} sounds the same as {seen[core]!r} "
+                    "once an opener or closer is added; reword one of them"
+                )
+            seen[core] = f"{label}: {template}"
             pid = phrasing_id(label, template)
-            if pid in seen:
-                raise CorpusError(f"{source}: duplicate phrasing {template!r}")
-            seen[pid] = template
             phrasings.append(Phrasing(pid, label, template))
         out[label] = tuple(phrasings)
     return out
