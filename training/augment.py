@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.fft
 import torch
-from scipy.signal import fftconvolve, istft, lfilter, stft
+from scipy.signal import fftconvolve, lfilter
 from transformers import TrainerCallback
 
 from intentd_train.settings import TARGET_RATE_HZ, AugmentConfig
@@ -34,46 +33,8 @@ def _brown(n: int, rng: np.random.Generator) -> np.ndarray:
     return x - np.linspace(x[0], x[-1], n)
 
 
-# Formant shift: 32 ms frames, 75 % overlap. The spectral envelope is the cepstrum below 2.5 ms
-# (40 samples at 16 kHz), under the pitch period of voices up to 400 Hz, so harmonics (pitch) stay
-# where they are while the envelope (formants: vocal-tract length, timbre) moves. A few
-# true-envelope passes lift the smoothed curve onto the harmonic peaks; plain cepstral smoothing
-# sits between peaks and valleys and moves a formant only part of the way.
-FORMANT_FRAME = 512
-FORMANT_HOP = 128
-FORMANT_LIFTER = 40
-FORMANT_ENVELOPE_PASSES = 4
-
-
-def _smooth_log_spectrum(log_mag: np.ndarray) -> np.ndarray:
-    # scipy.fft in float32: a third of numpy's float64 time; this runs in the training loop.
-    cep = scipy.fft.irfft(log_mag, n=FORMANT_FRAME, axis=0)
-    cep[FORMANT_LIFTER : FORMANT_FRAME - FORMANT_LIFTER + 1] = 0.0
-    return scipy.fft.rfft(cep, axis=0).real
-
-
-def shift_formants(x: np.ndarray, factor: float) -> np.ndarray:
-    """Move the spectral envelope of `x` by `factor` in frequency, keeping pitch and tempo."""
-    if len(x) < FORMANT_FRAME:
-        return x.copy()
-    overlap = FORMANT_FRAME - FORMANT_HOP
-    _, _, z = stft(x, nperseg=FORMANT_FRAME, noverlap=overlap)
-    log_mag = np.log(np.abs(z) + 1e-9).astype(np.float32)
-    envelope = _smooth_log_spectrum(log_mag)
-    for _ in range(FORMANT_ENVELOPE_PASSES):
-        envelope = _smooth_log_spectrum(np.maximum(log_mag, envelope))
-    # The envelope at f/factor is moved to f; above the top of the source it holds its last value.
-    bins = envelope.shape[0]
-    pos = np.minimum(np.arange(bins) / factor, bins - 1)
-    lo = np.minimum(pos.astype(int), bins - 2)
-    w = (pos - lo)[:, None]
-    moved = envelope[lo] * (1 - w) + envelope[lo + 1] * w
-    _, y = istft(z * np.exp(moved - envelope), nperseg=FORMANT_FRAME, noverlap=overlap)
-    return y[: len(x)]
-
-
 class Augmenter:
-    """Random speed, formant shift, padding, EQ, reverb, noise and gain; one call per training clip."""
+    """Random speed, padding, EQ, reverb, noise and gain; one call per training clip."""
 
     def __init__(self, config: AugmentConfig, seed: int) -> None:
         self.config = config
@@ -97,9 +58,6 @@ class Augmenter:
             # Linear-interpolation resampling: tempo and pitch change together.
             pos = np.arange(0.0, len(x) - 1, speed)
             x = np.interp(pos, np.arange(len(x)), x)
-        if rng.random() < c.formant_prob:
-            lo, hi = np.log(c.formant_range)
-            x = shift_formants(x, float(np.exp(rng.uniform(lo, hi))))
         pad = (rng.uniform(0, c.pad_s_max, size=2) * TARGET_RATE_HZ).astype(int)
         x = np.concatenate([np.zeros(pad[0]), x, np.zeros(pad[1])])
         if rng.random() < c.eq_prob:

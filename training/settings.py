@@ -16,10 +16,6 @@ class AugmentConfig:
     """On-the-fly waveform augmentation applied to training clips only."""
 
     speed_range: tuple[float, float] = (0.9, 1.1)  # resampling factor: tempo and pitch
-    # Envelope moved apart from pitch and tempo (a longer or shorter vocal tract): a synthesizer
-    # never heard differs from the corpus's three in timbre more than in pitch or rate.
-    formant_prob: float = 0.4
-    formant_range: tuple[float, float] = (0.85, 1.2)  # frequency factor, drawn log-uniform
     gain_db_range: tuple[float, float] = (-12.0, 6.0)
     noise_prob: float = 0.4
     snr_db_range: tuple[float, float] = (10.0, 30.0)
