@@ -296,12 +296,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     _setup_logging(args, "warning")
     import torch
 
-    from intentd.model import TRAINED_RATE_KEY, resolve_device
+    from intentd.model import TRAINED_RATE_KEY, resolve_device, trained_rate_hz
 
     cfg = _config_from_args(args)
     model_path = str(Path(cfg.model.resolved_path).resolve())
     labels: list[str] = []
-    model_config: dict = {}
+    model_config: dict[str, Any] = {}
     cfg_file = Path(model_path) / "config.json"
     if cfg_file.is_file():
         model_config = json.loads(cfg_file.read_text())
@@ -312,7 +312,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "device": str(resolve_device(cfg.model.device)),
         "model_path": model_path,
         "labels": labels,
-        "trained_rate_hz": model_config.get(TRAINED_RATE_KEY),  # None: not recorded, no band limit
+        # None: not recorded, so no band limit; a bad value is the error classify would give.
+        "trained_rate_hz": trained_rate_hz(model_config.get(TRAINED_RATE_KEY), Path(model_path)),
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
     }

@@ -123,9 +123,14 @@ class Classifier:
         self.extractor, self.model = _load(self.path, self.device)
         _fold_weight_norm(self.model)
         cfg = self.model.config
-        self.trained_rate_hz = _trained_rate_hz(cfg, self.path)
         self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
         self.name = self.path.resolve().name
+        self.trained_rate_hz = trained_rate_hz(getattr(cfg, TRAINED_RATE_KEY, None), self.path)
+        if self.trained_rate_hz is not None and self.trained_rate_hz < MODEL_RATE_HZ:
+            log.info(
+                "model %s was trained on %d Hz audio: input is band-limited to %d Hz",
+                self.name, self.trained_rate_hz, self.trained_rate_hz // 2,
+            )  # fmt: skip
         # Clips of different lengths share a pass when padding cannot change their results: the
         # checkpoint takes an attention mask, or its one time-wide norm is made to skip the padding.
         self.clip_norm = _ClipLengthNorm.install(self.model)
@@ -365,21 +370,18 @@ def _release_freed_memory() -> None:
         log.debug("malloc_trim unavailable; freed model memory stays in the heap")
 
 
-def _trained_rate_hz(cfg: object, path: Path) -> int | None:
-    """The sample rate of the audio the checkpoint was trained on, when `intentd train` wrote it."""
-    rate = getattr(cfg, TRAINED_RATE_KEY, None)
-    if rate is None:
+def trained_rate_hz(value: object, path: Path) -> int | None:
+    """Check config.json's `TRAINED_RATE_KEY` value: the sample rate of the audio the checkpoint was
+    trained on, or None where `intentd train` did not write it."""
+    if value is None:
         return None
-    if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if not whole or isinstance(value, bool) or value <= 0:  # type: ignore[operator]
         raise ModelError(
             f"model folder {path}: config.json {TRAINED_RATE_KEY} must be a positive integer, "
-            f"got {rate!r}; fix it or remove the key"
+            f"got {value!r}; fix it or remove the key"
         )
-    if rate < MODEL_RATE_HZ:
-        log.info(
-            "model %s was trained on %d Hz audio: input is band-limited to %d Hz", path.name, rate, rate // 2
-        )
-    return rate
+    return int(value)  # type: ignore[call-overload]
 
 
 def _load(path: Path, device: torch.device) -> tuple[object, torch.nn.Module]:

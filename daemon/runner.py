@@ -317,6 +317,8 @@ class Pipeline:
                 self._enqueue(out)
 
     def _enqueue(self, seg: Segment, speculation: Speculation | None = None) -> None:
+        # Band-limited for the model loaded now; jobs queued across a reload keep the old model's
+        # band (only a reload between checkpoints trained at different rates would notice).
         job = Job(
             samples=to_model_rate(seg.samples, seg.rate_hz, self.classifier.trained_rate_hz),
             source=seg.source,

@@ -57,9 +57,6 @@ def test_phrasings_are_many_unique_and_labelled() -> None:
     assert tuple(phrasings) == INTENTS
     ids = [p.id for group in phrasings.values() for p in group]
     assert len(ids) == len(set(ids))
-    # No two sound the same once `render` adds an opener or closer, in any two intents.
-    cores = [spoken_core(p.template) for group in phrasings.values() for p in group]
-    assert len(cores) == len(set(cores))
     for label, group in phrasings.items():
         assert len(group) >= MIN_PHRASINGS_PER_INTENT, label
         assert all(p.id.startswith(f"{label}-") and p.label == label for p in group)
@@ -68,9 +65,20 @@ def test_phrasings_are_many_unique_and_labelled() -> None:
 def test_the_spoken_core_drops_openers_closers_case_and_punctuation() -> None:
     assert spoken_core("Hello, I need to make a big payment") == "i need to make a big payment"
     assert spoken_core("I need to make a big payment, thank you") == "i need to make a big payment"
-    assert spoken_core("hi there, um, what's my balance please?") == "what's my balance"
+    assert spoken_core("hi, um, what's my balance please?") == "what's my balance"
     assert spoken_core("Please freeze my card") == "please freeze my card"  # a closer only at the end
     assert spoken_core("Can I pay {amount} to {person}?") == "can i pay {amount} to {person}"
+    assert spoken_core("Good news, my card arrived") == "good news my card arrived"  # not an opener
+
+
+@pytest.mark.parametrize("twin", ["Hello, I need to make a big payment", "freeze my card please"])
+def test_phrasings_that_sound_the_same_once_rendered_are_refused(twin: str, tmp_path: Path) -> None:
+    (tmp_path / "freeze.txt").write_text("Freeze my card\n")
+    (tmp_path / "high_value_payment.txt").write_text(f"I need to make a big payment\n{twin}\n")
+    with pytest.raises(CorpusError, match="sounds the same as"):
+        load_phrasings(["freeze", "high_value_payment"], root=tmp_path)
+    (tmp_path / "high_value_payment.txt").write_text("I need to make a big payment\n")
+    assert len(load_phrasings(["freeze", "high_value_payment"], root=tmp_path)["freeze"]) == 1
 
 
 def test_three_synthesizers_share_the_corpus() -> None:

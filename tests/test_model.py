@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import speech
+from tinymodel import save_tiny_checkpoint
 from transformers import pipeline
 
 from intentd.errors import ModelError
@@ -69,7 +70,10 @@ def test_pickle_only_checkpoint_is_refused(tiny_model: Path, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("rate", ["8k", 0, 8000.5, True])
 def test_a_bad_trained_rate_is_a_model_error(rate: object, tmp_path: Path) -> None:
-    from tinymodel import save_tiny_checkpoint
-
     with pytest.raises(ModelError, match="intentd_trained_rate_hz must be a positive integer"):
         Classifier(save_tiny_checkpoint(tmp_path, intentd_trained_rate_hz=rate), device="cpu")
+
+
+def test_a_whole_float_trained_rate_is_read_as_an_integer(tmp_path: Path) -> None:
+    clf = Classifier(save_tiny_checkpoint(tmp_path, intentd_trained_rate_hz=8000.0), device="cpu")
+    assert clf.trained_rate_hz == 8000 and isinstance(clf.trained_rate_hz, int)

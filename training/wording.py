@@ -13,6 +13,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -90,10 +91,10 @@ OPENERS: tuple[str, ...] = (
 )  # fmt: skip
 CLOSERS: tuple[str, ...] = ("", "", "", "", " please", ", thanks", ", thank you")
 _HAS_OPENER = ("hi", "hello", "um", "erm", "yes", "good")
-# Words an opener or closer is made of: two phrasings that differ only in these sound the same
-# once `render` has added one, so a held-out phrasing would have a twin in training.
-_OPENER_WORDS = frozenset(w for o in OPENERS for w in o.replace(",", " ").split())
-_CLOSER_TAILS = tuple(c.replace(",", " ").split() for c in CLOSERS if c)
+# Openers and closers as words, longest first: two phrasings that differ only by one sound the
+# same once `render` has added it, so a held-out phrasing would have a twin in training.
+_OPENER_HEADS = sorted({tuple(o.replace(",", " ").split()) for o in OPENERS if o}, key=len, reverse=True)
+_CLOSER_TAILS = sorted({tuple(c.replace(",", " ").split()) for c in CLOSERS if c}, key=len, reverse=True)
 
 
 class CorpusError(IntentdError):
@@ -119,22 +120,24 @@ def phrasing_id(label: str, template: str) -> str:
 def spoken_core(template: str) -> str:
     """The words of `template` without case, punctuation, a leading opener or a trailing closer."""
     words = "".join(c if c.isalnum() or c in "'{}" else " " for c in template.lower()).split()
-    while words and words[0] in _OPENER_WORDS:
-        words.pop(0)
-    for tail in sorted(_CLOSER_TAILS, key=len, reverse=True):
-        if len(words) > len(tail) and words[-len(tail) :] == tail:
-            del words[-len(tail) :]
-            break
+    head = next((h for h in _OPENER_HEADS if len(words) > len(h) and tuple(words[: len(h)]) == h), ())
+    del words[: len(head)]
+    tail = next((t for t in _CLOSER_TAILS if len(words) > len(t) and tuple(words[-len(t) :]) == t), ())
+    del words[len(words) - len(tail) :]
     return " ".join(words)
 
 
-def load_phrasings(intents: Iterable[str] = INTENTS) -> dict[str, tuple[Phrasing, ...]]:
-    """Read `phrasings/<label>.txt` shipped with the package, checking ids and slots."""
-    root = resources.files("intentd_train") / "phrasings"
+def load_phrasings(
+    intents: Iterable[str] = INTENTS, root: Path | None = None
+) -> dict[str, tuple[Phrasing, ...]]:
+    """Read `<root>/<label>.txt` (default: the files shipped with the package), checking slots and
+    that no two phrasings sound the same."""
+    folder = root if root is not None else resources.files("intentd_train") / "phrasings"
     out: dict[str, tuple[Phrasing, ...]] = {}
     seen: dict[str, str] = {}  # spoken core -> the phrasing that has it, across all intents
+    ids: dict[str, str] = {}
     for label in intents:
-        source = root / f"{label}.txt"
+        source = folder / f"{label}.txt"
         try:
             lines = source.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError as e:
@@ -155,6 +158,9 @@ def load_phrasings(intents: Iterable[str] = INTENTS) -> dict[str, tuple[Phrasing
                 )
             seen[core] = f"{label}: {template}"
             pid = phrasing_id(label, template)
+            if pid in ids:
+                raise CorpusError(f"{source}: phrasings {template!r} and {ids[pid]!r} share id {pid}")
+            ids[pid] = template
             phrasings.append(Phrasing(pid, label, template))
         out[label] = tuple(phrasings)
     return out
