@@ -245,11 +245,17 @@ def _run_pipeline_secured(
         fresh = _config_from_args(args) if args is not None else cfg
         return _load_classifier(fresh)
 
+    # Put back afterwards: a program that runs `main()` in-process keeps its own Ctrl-C.
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
-    pipe.start()
-    pipe.supervise(notifier, load_model)
+    try:
+        pipe.start()
+        pipe.supervise(notifier, load_model)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
     notifier.stopping()
     if pipe.error is not None:
         raise pipe.error

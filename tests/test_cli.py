@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -42,6 +43,18 @@ def test_replay_gives_one_event_per_utterance(tiny_model: Path, tmp_path: Path, 
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
     assert [e["start_s"] for e in events] == sorted(e["start_s"] for e in events), "published in order"
     assert len({e["run_id"] for e in events}) == 1
+
+
+def test_replay_in_process_puts_the_signal_handlers_back(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from intentd.cli import main
+
+    wav = speech.recording(TEXTS[:1], rate_hz=16000, gap_s=0.5).write(tmp_path / "one.wav")
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+    assert main(["replay", str(wav), "--model", str(tiny_model), "--device", "cpu"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)] == before
 
 
 def test_classify_one_line_per_file(tiny_model: Path, tmp_path: Path) -> None:
