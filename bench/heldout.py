@@ -1,7 +1,7 @@
 """Held-out intent accuracy the way issue #3 judges it: an unseen synthesizer, unseen phrasings, noise.
 
     .venv/bin/python bench/heldout.py [--model DIR] [--per-phrasing 2] [--snr-db 20] [--seed 0]
-                                      [--out bench/out/heldout]
+                                      [--hangover-ms 480] [--out bench/out/heldout]
 
 Takes the model's held-out phrasings (`DIR/metrics.json`: split.test_phrasings), renders each
 `--per-phrasing` times with the corpus's slot filler and speaks every text with two festival voices
@@ -10,7 +10,8 @@ Takes the model's held-out phrasings (`DIR/metrics.json`: split.test_phrasings),
 - clips: 8 kHz 16-bit WAVs with pink noise at `--snr-db` (OUT/clips/<voice>/), through
   `intentd classify`; right when the top-1 intent is the true one;
 - stream: per voice, one 48 kHz stream of the same utterances with 1.0-2.5 s gaps and pink noise at
-  `--snr-db` over the whole stream (OUT/streams/<voice>.wav), through `intentd replay` (events in
+  `--snr-db` over the whole stream (OUT/streams/<voice>.wav), through `intentd replay` with
+  `vad.hangover_ms` set to `--hangover-ms` (default: the daemon's; events in
   OUT/streams/<voice>.events.jsonl); right when exactly one event overlaps the utterance and names
   the true intent (bench/segmentation.py's rule).
 
@@ -276,7 +277,7 @@ def score_streams(
         st = assemble_stream((speech[voice][i] for i in order), STREAM_RATE_HZ, args.snr_db, rng, GAP_RANGE_S)
         sf.write(str(out / "streams" / f"{voice}.wav"), st.samples, STREAM_RATE_HZ, subtype=PCM_SUBTYPE)
         print(f"replaying {st.samples.size / STREAM_RATE_HZ:.0f} s of {voice}", file=sys.stderr)
-        events = replay(st, args.model, VadConfig().hangover_ms)
+        events = replay(st, args.model, args.hangover_ms)
         (out / "streams" / f"{voice}.events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
         summary["segmentation"][voice] = score(st.spans_s, [(e["start_s"], e["end_s"]) for e in events])
         summary["audio_s"][voice] = round(st.samples.size / STREAM_RATE_HZ, 1)
@@ -323,6 +324,7 @@ def run(args: argparse.Namespace) -> dict:
         "model": args.model,
         "per_phrasing": args.per_phrasing,
         "snr_db": args.snr_db,
+        "hangover_ms": args.hangover_ms,
         "clip_rate_hz": args.clip_rate_hz,
         "seed": args.seed,
         "voices": [f"festival:{voice}" for voice in VOICES],
@@ -348,6 +350,12 @@ def main() -> int:
         type=int,
         default=CORPUS_RATE_HZ,
         help="clip sample rate (default 8000 like the corpus; 16000 shows what the band above 4 kHz does)",
+    )
+    ap.add_argument(
+        "--hangover-ms",
+        type=int,
+        default=VadConfig().hangover_ms,
+        help="vad.hangover_ms of the stream's replay (default: the daemon's)",
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "heldout")
     args = ap.parse_args()

@@ -11,7 +11,9 @@ checkpoint (models/demo if present, else --trained DIR); on cuda, fp16 there aga
 A variant is a precision (`pipeline`, `fp32`, `int8`, or `fp16`: what fp32 runs as on cuda) and
 optional parts: `1thread`, `eager` (attention), `b<N>` (max batch, default 8), `equal` (batch only
 clips of equal length, as before per-clip norms let wav2vec2-base mix lengths), `nocudnn`, `fp32enc`
-(int8 with the conv layers, feature encoder and positional conv, left in fp32, as before they ran in bf16).
+(int8 with the conv layers, feature encoder and positional conv, left in fp32, as before they ran in bf16),
+`compile` (`torch.compile` with inductor freezing and dynamic shapes, compiled and warmed on
+1-2 silent clips of 3 lengths before timing; the time that takes is printed as `compile_s`).
 Writes bench/out/throughput.{json,png}.
 """
 
@@ -38,6 +40,7 @@ from intentd.resample import MODEL_RATE_HZ
 DEFAULT_VARIANTS = ["fp32", "int8", "fp32-eager", "pipeline-1thread", "fp32-1thread", "int8-1thread"]
 CUDA_VARIANTS = ["fp16-b1", "fp16-b64-equal", "fp16-b64", "fp16-b256"]
 MAX_BATCH = 8  # intentd's default model.max_batch
+COMPILE_WARMUP_S = (0.9, 2.7, 4.5)  # below and across the timed set's 1-5 s: shorter clips recompile
 TRAINED_FALLBACK = OUT_DIR / "models" / "trained-tiny"
 Runner = Callable[[list[np.ndarray]], list[str]]
 
@@ -63,16 +66,36 @@ def classify_runner(
     equal_lengths: bool = False,
     cudnn: bool = True,
     bf16_encoder: bool = True,
+    compiled: bool = False,
 ) -> Runner:
     """`intentd classify`'s path: Classifier + classify_clips (sorted by length, batches of max_batch)."""
     clf = Classifier(model, device=device, top_k=1, precision=precision, bf16_encoder=bf16_encoder)
     if attn is not None:
         clf.model.set_attn_implementation(attn)
+    if compiled:
+        compile_model(clf)
     if equal_lengths:  # the path before mixed lengths: no per-clip norm, no shape grid
         clf.mixes_lengths = clf.pads_batches = clf.pads_to_shapes = False
         clf.clip_norm = None
     clf.cudnn = cudnn
     return lambda clips: [p.intent for p in classify_clips(clf, clips, max_batch)]
+
+
+def compile_model(clf: Classifier) -> None:
+    """`torch.compile` the classifier's model and compile every graph the timed clips will need."""
+    import torch._inductor.config as inductor
+
+    # Freezing folds the weights into the graph as constants, so inductor can prepack them for
+    # oneDNN; without it the compiled model calls the same matmuls as eager.
+    inductor.freezing = True
+    clf.model = torch.compile(clf.model, dynamic=True)
+    t0 = time.perf_counter()
+    # Batch 1 and 2 (equal lengths share a pass) at three lengths: dynamic shapes still
+    # specialise on sizes 0 and 1, and the first call per kind of shape compiles.
+    for n in (1, 2):
+        for seconds in COMPILE_WARMUP_S:
+            clf.classify([np.zeros(int(seconds * MODEL_RATE_HZ), np.float32)] * n)
+    print(json.dumps({"compile_s": round(time.perf_counter() - t0, 1), "precision": clf.precision}))
 
 
 def with_threads(n: int, run: Runner) -> Runner:
@@ -95,7 +118,7 @@ def variant_runner(model: Path, variant: str, device: str) -> Runner:
     if head not in ("pipeline", "fp32", "int8", "fp16") or (head == "fp16") != (device == "cuda"):
         raise SystemExit(f"unknown variant {variant!r} on {device}")
     batch = [int(p[1:]) for p in parts if p[:1] == "b" and p[1:].isdigit()]
-    if set(parts) - {"1thread", "eager", "equal", "nocudnn", "fp32enc"} - {f"b{n}" for n in batch}:
+    if set(parts) - {"1thread", "eager", "equal", "nocudnn", "fp32enc", "compile"} - {f"b{n}" for n in batch}:
         raise SystemExit(f"unknown variant {variant!r}")
     if head == "pipeline":
         run = pipeline_runner(model, device)
@@ -109,6 +132,7 @@ def variant_runner(model: Path, variant: str, device: str) -> Runner:
             equal_lengths="equal" in parts,
             cudnn="nocudnn" not in parts,
             bf16_encoder="fp32enc" not in parts,
+            compiled="compile" in parts,
         )
     return with_threads(1, run) if "1thread" in parts else run
 
