@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 from pathlib import Path
@@ -52,7 +53,13 @@ def test_replay_in_process_puts_the_signal_handlers_back(
 
     wav = speech.recording(TEXTS[:1], rate_hz=16000, gap_s=0.5).write(tmp_path / "one.wav")
     before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
-    assert main(["replay", str(wav), "--model", str(tiny_model), "--device", "cpu"]) == 0
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert main(["replay", str(wav), "--model", str(tiny_model), "--device", "cpu"]) == 0
+    finally:  # main() installs the CLI's log handler; later tests expect the root logger as it was
+        root.handlers[:] = handlers
+        root.setLevel(level)
     assert len(capsys.readouterr().out.splitlines()) == 1
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)] == before
 
