@@ -245,11 +245,9 @@ def _run_pipeline_secured(
         fresh = _config_from_args(args) if args is not None else cfg
         return _load_classifier(fresh)
 
+    handlers = {signal.SIGINT: on_signal, signal.SIGTERM: on_signal, signal.SIGHUP: on_hangup}
     # Put back afterwards: a program that runs `main()` in-process keeps its own Ctrl-C.
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_hangup)
+    before = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         pipe.start()
         pipe.supervise(notifier, load_model)

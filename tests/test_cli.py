@@ -52,7 +52,8 @@ def test_replay_in_process_puts_the_signal_handlers_back(
     from intentd.cli import main
 
     wav = speech.recording(TEXTS[:1], rate_hz=16000, gap_s=0.5).write(tmp_path / "one.wav")
-    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = [signal.getsignal(s) for s in signals]
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
@@ -61,7 +62,7 @@ def test_replay_in_process_puts_the_signal_handlers_back(
         root.handlers[:] = handlers
         root.setLevel(level)
     assert len(capsys.readouterr().out.splitlines()) == 1
-    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)] == before
+    assert [signal.getsignal(s) for s in signals] == before
 
 
 def test_classify_one_line_per_file(tiny_model: Path, tmp_path: Path) -> None:
