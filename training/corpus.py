@@ -1,4 +1,4 @@
-"""`intentd corpus`: a synthetic MInDS-14-style spoken-intent corpus spoken by espeak-ng, flite and Pico.
+"""`intentd corpus`: a synthetic MInDS-14-style spoken-intent corpus by espeak-ng, flite, Pico and Piper.
 
 Output is a Hugging Face `audiofolder`: `OUT/<label>/<file>.wav` (8 kHz mono PCM_16, like
 MInDS-14's telephone audio) plus `OUT/metadata.csv`. With a metadata file, `datasets` (5.x)
@@ -35,6 +35,8 @@ from intentd.speak import (
     NATURAL_PITCH,
     PICO_PREFIX,
     PICO_VOICES,
+    PIPER_PREFIX,
+    PIPER_VOICES,
     speak,
 )
 from intentd_train.wording import INTENTS, CorpusError, load_phrasings, render
@@ -54,10 +56,11 @@ DEFAULT_PER_INTENT = 600  # 14 x 600 = 8,400 clips, 10 renderings of each of 60 
 DEFAULT_JOBS = 2
 MIN_RATE_WPM, MAX_RATE_WPM = 125, 195
 MIN_PITCH, MAX_PITCH = 20, 80  # espeak-ng's 0-99 scale; 50 is the voice's own
-# Shares of clips spoken by flite and by Pico instead of espeak-ng: more synthesizers, so that
-# the model learns words rather than one synthesizer's sound.
+# Shares of clips spoken by flite, Pico and Piper instead of espeak-ng: more synthesizers, so
+# that the model learns words rather than one synthesizer's sound.
 FLITE_SHARE = 0.25
 PICO_SHARE = 0.2
+PIPER_SHARE = 0.15
 # Pico's two voices are female; pitch factors 0.56-1.24 put their F0 at about 90-220 Hz,
 # men's and women's voices alike.
 PICO_MIN_PITCH, PICO_MAX_PITCH = 28, 62
@@ -87,7 +90,7 @@ VARIANTS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Clip:
-    """One planned clip: what to say, with which voice (espeak-ng, flite: or pico:), and where it goes."""
+    """One planned clip: what to say, in which voice (espeak-ng, flite:, pico: or piper:), and where."""
 
     file_name: str  # relative to the corpus folder
     label: str
@@ -158,6 +161,8 @@ def plan_corpus(config: CorpusConfig) -> list[Clip]:
             elif synthesizer < FLITE_SHARE + PICO_SHARE:
                 voice = PICO_PREFIX + str(rng.choice(PICO_VOICES))
                 pitch = int(rng.integers(PICO_MIN_PITCH, PICO_MAX_PITCH + 1))
+            elif synthesizer < FLITE_SHARE + PICO_SHARE + PIPER_SHARE:
+                voice, pitch = PIPER_PREFIX + str(rng.choice(PIPER_VOICES)), NATURAL_PITCH
             clips.append(
                 Clip(
                     file_name=f"{label}/{phrasing.id}-{k:04d}.wav",
