@@ -13,7 +13,8 @@ optional parts: `1thread`, `eager` (attention), `b<N>` (max batch, default 8), `
 clips of equal length, as before per-clip norms let wav2vec2-base mix lengths), `nocudnn`, `fp32enc`
 (int8 with the conv layers, feature encoder and positional conv, left in fp32, as before they ran in bf16),
 `compile` (`torch.compile` with inductor freezing and dynamic shapes, compiled and warmed on
-1-2 silent clips of 3 lengths before timing; the time that takes is printed as `compile_s`).
+1-2 silent clips of 3 lengths before timing; the time that takes is printed as `compile_s`),
+`onnx` (`model.runtime = "onnx"`: exported once into the cache, then ONNX Runtime on the CPU).
 Writes bench/out/throughput.{json,png}.
 """
 
@@ -67,9 +68,12 @@ def classify_runner(
     cudnn: bool = True,
     bf16_encoder: bool = True,
     compiled: bool = False,
+    runtime: str = "torch",
 ) -> Runner:
     """`intentd classify`'s path: Classifier + classify_clips (sorted by length, batches of max_batch)."""
-    clf = Classifier(model, device=device, top_k=1, precision=precision, bf16_encoder=bf16_encoder)
+    clf = Classifier(
+        model, device=device, top_k=1, precision=precision, bf16_encoder=bf16_encoder, runtime=runtime
+    )
     if attn is not None:
         clf.model.set_attn_implementation(attn)
     if compiled:
@@ -118,7 +122,8 @@ def variant_runner(model: Path, variant: str, device: str) -> Runner:
     if head not in ("pipeline", "fp32", "int8", "fp16") or (head == "fp16") != (device == "cuda"):
         raise SystemExit(f"unknown variant {variant!r} on {device}")
     batch = [int(p[1:]) for p in parts if p[:1] == "b" and p[1:].isdigit()]
-    if set(parts) - {"1thread", "eager", "equal", "nocudnn", "fp32enc", "compile"} - {f"b{n}" for n in batch}:
+    known = {"1thread", "eager", "equal", "nocudnn", "fp32enc", "compile", "onnx"}
+    if set(parts) - known - {f"b{n}" for n in batch}:
         raise SystemExit(f"unknown variant {variant!r}")
     if head == "pipeline":
         run = pipeline_runner(model, device)
@@ -133,6 +138,7 @@ def variant_runner(model: Path, variant: str, device: str) -> Runner:
             cudnn="nocudnn" not in parts,
             bf16_encoder="fp32enc" not in parts,
             compiled="compile" in parts,
+            runtime="onnx" if "onnx" in parts else "torch",
         )
     return with_threads(1, run) if "1thread" in parts else run
 
@@ -167,11 +173,14 @@ def agreement(a: list[str], b: list[str]) -> float:
     return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
 
 
-def trained_agreement(model: Path, clips: list[np.ndarray], device: str = "cpu") -> dict[str, object]:
+def trained_agreement(
+    model: Path, clips: list[np.ndarray], device: str = "cpu", runtime: str = "torch"
+) -> dict[str, object]:
     """fp32 on the CPU vs int8 there (or fp16 on cuda) on a trained checkpoint: top-1 agreement,
-    largest probability change, time ratio."""
+    largest probability change, time ratio. int8 runs in `runtime`, fp32 always in torch."""
     fp32 = Classifier(model, device="cpu", top_k=1000)
-    int8 = Classifier(model, device=device, top_k=1000, precision="int8" if device == "cpu" else "fp32")
+    precision = "int8" if device == "cpu" else "fp32"
+    int8 = Classifier(model, device=device, top_k=1000, precision=precision, runtime=runtime)
     t0 = time.perf_counter()
     a = classify_clips(fp32, clips, MAX_BATCH)
     t1 = time.perf_counter()
@@ -181,7 +190,7 @@ def trained_agreement(model: Path, clips: list[np.ndarray], device: str = "cpu")
     return {
         "model": str(model),
         "labels_predicted_fp32": len({x.intent for x in a}),
-        "compared": "int8 vs fp32 on cpu" if device == "cpu" else "fp16 on cuda vs fp32 on cpu",
+        "compared": f"int8 ({runtime}) vs fp32 on cpu" if device == "cpu" else "fp16 on cuda vs fp32 on cpu",
         "int8_vs_fp32_top1": agreement([x.intent for x in a], [y.intent for y in b]),
         "max_abs_prob_change": round(max(diffs), 4),
         "mean_max_abs_prob_change": round(float(np.mean(diffs)), 4),
@@ -270,6 +279,9 @@ def main() -> int:
     if (trained / "model.safetensors").is_file():
         report["trained_int8"] = trained_agreement(trained, once, args.device)
         print(json.dumps(report["trained_int8"]))
+        if any("onnx" in v.split("-") for v in variants):
+            report["trained_int8_onnx"] = trained_agreement(trained, once, args.device, "onnx")
+            print(json.dumps(report["trained_int8_onnx"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     plot(report, args.out.with_suffix(".png"))

@@ -29,6 +29,11 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         help="fp32 (default) or int8 (CPU: quantised Linear layers, conv layers in bf16)",
     )
     p.add_argument("--int8", action="store_const", const="int8", dest="precision", help="--precision int8")
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        help="torch (default) or onnx: ONNX Runtime on the CPU, the model exported once into the cache",
+    )
     p.add_argument("--config", help="TOML config file (same keys as intentd.toml); flags win")
     p.add_argument("--log-level", default=None, help="debug, info, warning (default) or error")
 
@@ -126,6 +131,7 @@ def _config_from_args(args: argparse.Namespace, source: str | None = None) -> An
     put("model", "path", getattr(args, "model", None))
     put("model", "device", getattr(args, "device", None))
     put("model", "precision", getattr(args, "precision", None))
+    put("model", "runtime", getattr(args, "runtime", None))
     specs = [source] if source else (getattr(args, "source", None) or [])
     for spec in specs:
         if spec.startswith("net:"):
@@ -162,6 +168,7 @@ def _load_classifier(cfg: Any) -> Any:
         min_score=cfg.model.min_score,
         precision=cfg.model.precision,
         cudnn=cfg.model.cudnn,
+        runtime=cfg.model.runtime,
     )
     clf.warmup()
     return clf

@@ -41,6 +41,9 @@ class ModelConfig:
     # single utterance of wav2vec2-base 2.3x faster and cuDNN a batch of 64 1.7x faster
     # (bench/RESULTS.md section 7); the daemon mostly runs batches of 1-2.
     cudnn: bool = False
+    # torch, or onnx: the checkpoint exported once to ONNX ($XDG_CACHE_HOME/intentd/onnx) and run
+    # in ONNX Runtime on the CPU (several times faster than eager torch on the bench machine).
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda"), "model.device must be auto, cpu or cuda")
@@ -50,6 +53,11 @@ class ModelConfig:
         _check(1 <= self.top_k <= 100, "model.top_k must be 1..100")
         _check(0 <= self.threads <= 256, "model.threads must be 0..256")
         _check(self.precision in ("fp32", "int8"), "model.precision must be fp32 or int8")
+        _check(self.runtime in ("torch", "onnx"), "model.runtime must be torch or onnx")
+        _check(
+            not (self.runtime == "onnx" and self.device == "cuda"),
+            "model.runtime onnx runs on the CPU: set model.device to cpu or auto",
+        )
 
     @property
     def resolved_path(self) -> str:

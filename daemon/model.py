@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.utils import parametrize
-from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
 from transformers.utils import logging as hf_logging
 
+from intentd import ort
 from intentd.errors import ModelError
 from intentd.resample import MODEL_RATE_HZ
+from intentd.rewrites import (
+    Bf16Convs,
+    ClipLengthNorm,
+    cpu_has_native_bf16,
+    fold_weight_norm,
+    quantize_linear,
+    release_freed_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +42,6 @@ MAX_PAD_RATIO = 1.25
 # growth, and utterance lengths never repeat. Where padding is exact, batches are padded up to a
 # length grid and a power-of-two batch size, so a running daemon sees a few dozen shapes.
 SHAPE_STEP_SAMPLES = 4_000  # 0.25 s
-# Model types whose only time-wide operation before the masked transformer is the first conv
-# layer's GroupNorm (checked exact). SEW, with the same first layer, pools over time: not exact.
-CLIP_NORM_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "unispeech", "unispeech-sat")
 # torch's cuDNN switch is one per process; a reload warms a new model while the old one serves.
 _CUDNN_LOCK = threading.Lock()
 
@@ -109,10 +112,19 @@ class Classifier:
         precision: str = "fp32",
         cudnn: bool = False,
         bf16_encoder: bool = True,
+        runtime: str = "torch",
     ) -> None:
-        """`bf16_encoder`: with int8, run the conv layers in bf16 where the CPU has it natively."""
+        """`bf16_encoder`: with int8, run the conv layers in bf16 where the CPU has it natively.
+
+        `runtime="onnx"` runs the checkpoint exported to ONNX in ONNX Runtime, on the CPU.
+        """
         self.path = Path(path)
-        self.device = resolve_device(device)
+        if runtime not in ort.RUNTIMES:
+            raise ModelError(f"runtime {runtime!r} is not one of {', '.join(ort.RUNTIMES)}")
+        self.runtime = runtime
+        if runtime == "onnx" and device == "cuda":
+            raise ModelError("runtime onnx runs on the CPU; use --device cpu or --runtime torch")
+        self.device = resolve_device("cpu" if runtime == "onnx" else device)
         self.precision = precision
         # Checked before loading, so a bad combination fails in milliseconds, not after the load.
         self.dtype = compute_dtype(self.device, precision)
@@ -120,9 +132,14 @@ class Classifier:
         self.cudnn = cudnn
         self.min_score = min_score
         self.unknown_label = unknown_label
-        self.extractor, self.model = _load(self.path, self.device)
-        _fold_weight_norm(self.model)
-        cfg = self.model.config
+        self.onnx: ort.OrtModel | None = None
+        if runtime == "onnx":
+            self.extractor, cfg, self.onnx = _load_onnx(self.path, precision)
+            self.model = None
+        else:
+            self.extractor, self.model = _load(self.path, self.device)
+            fold_weight_norm(self.model)
+            cfg = self.model.config
         self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
         self.name = self.path.resolve().name
         self.trained_rate_hz = trained_rate_hz(getattr(cfg, TRAINED_RATE_KEY, None), self.path)
@@ -133,7 +150,7 @@ class Classifier:
             )  # fmt: skip
         # Clips of different lengths share a pass when padding cannot change their results: the
         # checkpoint takes an attention mask, or its one time-wide norm is made to skip the padding.
-        self.clip_norm = _ClipLengthNorm.install(self.model)
+        self.clip_norm = ClipLengthNorm.install(self.model) if self.model is not None else None
         self.mixes_lengths = self.clip_norm is not None or bool(
             getattr(self.extractor, "return_attention_mask", False)
         )
@@ -142,12 +159,14 @@ class Classifier:
         self.pads_batches = self.mixes_lengths and self.device.type == "cuda"
         self.pads_to_shapes = self.pads_batches
         self.bf16_encoder = False
-        if self.dtype == torch.float16:
+        if self.model is None:
+            pass  # ONNX Runtime: the export already holds the precision
+        elif self.dtype == torch.float16:
             self.model.half()
         elif self.dtype == torch.qint8:
-            _quantize_linear(self.model)
+            quantize_linear(self.model)
             if bf16_encoder and cpu_has_native_bf16():
-                self.bf16_encoder = _Bf16Convs.install(self.model)
+                self.bf16_encoder = Bf16Convs.install(self.model)
         # Activations stay float: int8 quantises Linear weights and quantises activations on the fly.
         self.input_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
 
@@ -178,6 +197,9 @@ class Classifier:
 
     @torch.inference_mode()
     def _forward(self, xs: list[np.ndarray]) -> np.ndarray:
+        if self.onnx is not None:  # equal lengths only (pads_batches is off): no mask
+            values = self.extractor(xs, sampling_rate=MODEL_RATE_HZ, return_tensors="np")["input_values"]
+            return torch.softmax(torch.from_numpy(self.onnx(values)), dim=-1).numpy()
         # A mask only where there is padding: with one it takes the model paths that skip it.
         padded = self.pads_to_shapes or len({len(x) for x in xs}) > 1
         feats = dict(
@@ -239,137 +261,6 @@ def _pad_to_shape(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"input_values": out_values, "attention_mask": out_mask}
 
 
-class _ClipLengthNorm(torch.nn.Module):
-    """wav2vec2's first-layer GroupNorm, computed over each clip's own frames in a padded batch.
-
-    Checkpoints like wav2vec2-base normalise each channel of the first conv layer over the whole
-    clip, so zeros padded onto a short clip would shift its statistics and its scores. That is the
-    one place where time positions mix before the transformer, and the transformer and pooling take
-    the attention mask. With this norm, a clip in a padded batch scores what it scores alone.
-    """
-
-    def __init__(self, norm: torch.nn.GroupNorm, conv: torch.nn.Conv1d) -> None:
-        super().__init__()
-        self.norm = norm
-        self.kernel = int(conv.kernel_size[0])
-        self.stride = int(conv.stride[0])
-        self.samples: torch.Tensor | None = None  # real samples of each clip in the batch being run
-
-    @classmethod
-    def install(cls, model: torch.nn.Module) -> _ClipLengthNorm | None:
-        """Put one in place of the model's first-layer GroupNorm; None where there is none to replace."""
-        layers = getattr(getattr(model.base_model, "feature_extractor", None), "conv_layers", None)
-        first = layers[0] if layers else None
-        norm = getattr(first, "layer_norm", None)
-        conv = getattr(first, "conv", None)
-        if not (isinstance(norm, torch.nn.GroupNorm) and isinstance(conv, torch.nn.Conv1d)):
-            return None
-        if norm.num_groups != norm.num_channels or not norm.affine:
-            return None
-        if getattr(model.config, "model_type", None) not in CLIP_NORM_MODEL_TYPES:
-            return None
-        if conv.padding != (0,) or conv.dilation != (1,):  # the frame count below assumes both
-            return None
-        first.layer_norm = cls(norm, conv)
-        return first.layer_norm
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, channels, frames) normalised per clip and channel over that clip's frames."""
-        if self.samples is None:  # no padding in this batch
-            return self.norm(x)
-        frames = ((self.samples - self.kernel) // self.stride + 1).tolist()
-        if min(frames) < 1:
-            raise ValueError("a clip is shorter than the model's first convolution")
-        weight, bias = self.norm.weight.float()[:, None], self.norm.bias.float()[:, None]
-        # Row by row, in fp32 like GroupNorm, written back in place: a batch of long clips makes
-        # the conv output large, and one fp32 row at a time keeps the extra memory bounded.
-        for i, n in enumerate(frames):
-            row = x[i].float()
-            var, mean = torch.var_mean(row[:, :n], dim=-1, unbiased=False, keepdim=True)
-            x[i].copy_((row - mean) * torch.rsqrt(var + self.norm.eps) * weight + bias)
-        return x
-
-
-def _fold_weight_norm(model: torch.nn.Module) -> None:
-    """Bake weight-norm parametrizations into plain weights, in place (same values, exactly).
-
-    wav2vec2's positional conv keeps its weight as norm x direction and rebuilds the 768x48x128
-    kernel on every forward pass; for inference that is wasted work (int8: 13 % of the pass on CPU).
-    """
-    with torch.no_grad():
-        for module in model.modules():
-            if parametrize.is_parametrized(module):
-                for name in list(module.parametrizations):
-                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), not by emulation."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-class _Bf16Convs(torch.nn.Module):
-    """A conv block run in bfloat16, taking and giving float32.
-
-    Dynamic quantisation makes only Linear layers int8; after it the conv feature encoder and the
-    positional conv are most of the time. On CPUs with native bf16 they run faster in it (on
-    wav2vec2-base: the encoder about 2.4x, the positional conv 1.5x); their outputs feed the same
-    fp32 LayerNorms.
-    """
-
-    def __init__(self, block: torch.nn.Module) -> None:
-        super().__init__()
-        self.block = block.to(torch.bfloat16)
-
-    @classmethod
-    def install(cls, model: torch.nn.Module) -> bool:
-        """Wrap the model's conv feature encoder and positional conv; False where it has neither."""
-        base = model.base_model
-        encoder = getattr(base, "feature_extractor", None)
-        wrapped = False
-        if isinstance(encoder, torch.nn.Module) and hasattr(encoder, "conv_layers"):
-            base.feature_extractor = cls(encoder)
-            wrapped = True
-        inner = getattr(base, "encoder", None)
-        pos_conv = getattr(inner, "pos_conv_embed", None)
-        if isinstance(pos_conv, torch.nn.Module) and hasattr(pos_conv, "conv"):
-            inner.pos_conv_embed = cls(pos_conv)
-            wrapped = True
-        return wrapped
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """float32 in, float32 out, in the wrapped block's own layout."""
-        return self.block(x.to(torch.bfloat16)).float()
-
-
-def _quantize_linear(model: torch.nn.Module) -> None:
-    """Swap every Linear for a dynamically quantised int8 one, in place (the fp32 weights are freed)."""
-    # The loader maps the safetensors file; a mapping whose tensors are still referenced stays
-    # resident, so quantising alone keeps all fp32 weights in RSS (930 MB vs 600 MB for base).
-    # Copying first lets the mapping go once the Linear weights are replaced.
-    with torch.no_grad():
-        for t in [*model.parameters(), *model.buffers()]:
-            t.data = t.data.clone()
-    with warnings.catch_warnings():
-        # torch marks torch.ao quantisation deprecated (moving to torchao); it still works in 2.13.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao\.")
-        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
-        from torch.ao.quantization import quantize_dynamic
-
-        quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-    _release_freed_memory()
-
-
-def _release_freed_memory() -> None:
-    """Hand the fp32 copies glibc keeps in its heap back to the OS (RSS 890 -> 550 MB for base)."""
-    gc.collect()  # the replaced modules sit in reference cycles until a collection
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the memory is reused, just not returned
-        log.debug("malloc_trim unavailable; freed model memory stays in the heap")
-
-
 def trained_rate_hz(value: object, path: Path) -> int | None:
     """Check config.json's `TRAINED_RATE_KEY` value: the sample rate of the audio the checkpoint was
     trained on, or None where `intentd train` did not write it."""
@@ -384,7 +275,25 @@ def trained_rate_hz(value: object, path: Path) -> int | None:
     return int(value)  # type: ignore[call-overload]
 
 
-def _load(path: Path, device: torch.device) -> tuple[object, torch.nn.Module]:
+def _load_onnx(path: Path, precision: str) -> tuple[object, object, ort.OrtModel]:
+    """The feature extractor, config and ONNX Runtime model, exporting the checkpoint on first use."""
+    _check_folder(path)
+    file = ort.cached_file(path, precision)
+    if file.exists():  # the PyTorch weights are not needed, so they are not loaded
+        extractor, cfg = _load_pretrained(path, AutoConfig)
+        log.info("loaded model %s (%d labels) from %s", path, cfg.num_labels, file)
+    else:
+        log.info("exporting model %s to ONNX (%s) once, into %s", path, precision, file.parent)
+        extractor, model = _load(path, torch.device("cpu"))
+        fold_weight_norm(model)
+        ort.export(model, file, precision)
+        cfg = model.config
+        del model
+        release_freed_memory()
+    return extractor, cfg, ort.OrtModel(file, threads=torch.get_num_threads())
+
+
+def _check_folder(path: Path) -> None:
     if not path.is_dir():
         raise ModelError(
             f"model folder {path} not found; pass --model DIR (a save_pretrained folder) "
@@ -395,17 +304,27 @@ def _load(path: Path, device: torch.device) -> tuple[object, torch.nn.Module]:
             f"model folder {path} has no .safetensors weights; intentd loads safetensors only "
             "(re-save the checkpoint with save_pretrained(safe_serialization=True))"
         )
+
+
+def _load_pretrained(path: Path, auto: type, **kwargs: Any) -> tuple[object, Any]:
+    """The feature extractor and `auto.from_pretrained(path)`, with one error line for a bad folder."""
     # A daemon's log is no place for a weight-loading progress bar.
     hf_logging.disable_progress_bar()
     try:
         extractor = AutoFeatureExtractor.from_pretrained(str(path))
-        model = AutoModelForAudioClassification.from_pretrained(str(path), use_safetensors=True)
+        loaded = auto.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"model folder {path} cannot be loaded: {first}") from e
     rate = getattr(extractor, "sampling_rate", MODEL_RATE_HZ)
     if rate != MODEL_RATE_HZ:
         raise ModelError(f"model folder {path} expects {rate} Hz audio; intentd feeds {MODEL_RATE_HZ} Hz")
+    return extractor, loaded
+
+
+def _load(path: Path, device: torch.device) -> tuple[object, torch.nn.Module]:
+    _check_folder(path)
+    extractor, model = _load_pretrained(path, AutoModelForAudioClassification, use_safetensors=True)
     model.eval().to(device)
     log.info("loaded model %s (%d labels) on %s", path, model.config.num_labels, device)
     return extractor, model

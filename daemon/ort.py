@@ -1,0 +1,138 @@
+"""The ONNX Runtime path: a checkpoint exported once to ONNX (int8: MatMuls quantised), then run on the CPU.
+
+On the 2-core bench machine ONNX Runtime ran wav2vec2-base several times faster than eager
+PyTorch at the same precision (bench/RESULTS.md). Exporting takes seconds to tens of seconds, so
+the file is cached, keyed by the checkpoint's bytes, the precision and the library versions; a
+later start loads it without loading the PyTorch weights at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from intentd.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnx")
+# Bump when the export changes, so cached files from an older export are not reused.
+EXPORT_VERSION = 1
+OPSET = 17
+CACHE_SUBDIR = Path("intentd") / "onnx"
+_HASH_CHUNK = 1 << 20
+
+
+def cache_root() -> Path:
+    """Where exported models live: `$XDG_CACHE_HOME/intentd/onnx` (the unit sets it to /var/cache/intentd)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / CACHE_SUBDIR
+
+
+def cache_key(path: Path, precision: str) -> str:
+    """What the exported file depends on: weights, config, precision, export and library versions."""
+    import onnxruntime
+
+    h = hashlib.sha256()
+    h.update(f"{EXPORT_VERSION}|{precision}|{torch.__version__}|{onnxruntime.__version__}".encode())
+    for f in sorted([*path.glob("*.safetensors"), path / "config.json"]):
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            while block := fh.read(_HASH_CHUNK):
+                h.update(block)
+    return h.hexdigest()[:20]
+
+
+def cached_file(path: Path, precision: str) -> Path:
+    """The cache path of this checkpoint's export (it may not exist yet)."""
+    name = "model.int8.onnx" if precision == "int8" else "model.onnx"
+    return cache_root() / cache_key(path, precision) / name
+
+
+class _Logits(torch.nn.Module):
+    """The classifier with one input and one output, as the export takes it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) normalised audio -> (batch, labels) logits."""
+        return self.model(input_values=input_values).logits
+
+
+def export(model: torch.nn.Module, out: Path, precision: str) -> Path:
+    """Write `model` (fp32, eval) to `out` as ONNX, int8 with its MatMuls quantised; atomic."""
+    out.parent.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=out.parent.parent, prefix=".export-") as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        example = torch.zeros(1, 16_000)
+        with warnings.catch_warnings(), torch.inference_mode():
+            # Tracing warns about every Python branch on a shape; none of them depends on the
+            # length, which stays dynamic, and the test compares the scores at several lengths.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Logits(model),
+                (example,),
+                str(fp32),
+                input_names=["input_values"],
+                output_names=["logits"],
+                dynamic_axes={"input_values": {0: "batch", 1: "samples"}, "logits": {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        result = fp32
+        if precision == "int8":
+            result = Path(tmp) / out.name
+            _quantize(fp32, result)
+        staged = Path(tmp) / "final"
+        staged.mkdir()
+        shutil.move(result, staged / out.name)
+        try:
+            staged.rename(out.parent)
+        except OSError:
+            if not out.exists():  # not a concurrent export of the same key
+                raise
+    log.info("exported %s in %.1f s", out, time.perf_counter() - t0)
+    return out
+
+
+def _quantize(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # MatMuls only: ONNX Runtime's ConvInteger was slower than the fp32 convolutions.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+
+
+class OrtModel:
+    """An exported classifier in an ONNX Runtime CPU session: normalised audio in, logits out."""
+
+    def __init__(self, file: Path, threads: int = 0) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(file), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own untyped errors for a bad file
+            raise ModelError(f"ONNX model {file} cannot be loaded: {str(e).splitlines()[0]}; "
+                             "delete it to export again") from e  # fmt: skip
+        self.file = file
+
+    def __call__(self, input_values: np.ndarray) -> np.ndarray:
+        """(batch, samples) float32 -> (batch, labels) float32 logits."""
+        return self.session.run(["logits"], {"input_values": input_values.astype(np.float32)})[0]
