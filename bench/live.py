@@ -16,7 +16,8 @@ inference partly overlap the hangover and `daemon_ms` is what is left after the 
 list (--speculative on off off on, ...) runs in the order given, so one run can interleave A/B
 cases against load drift. Streams are cached in bench/out/streams (bench/fixtures.py); beyond
 DISTINCT_STREAMS they repeat, and every sender starts at its own offset within STAGGER_S so repeats
-do not speak in unison. Capacity's p99 is of end of speech -> event (`total`) or, for a GPU whose
+do not speak in unison. A precision may name a runtime: `int8-onnx` is `model.precision = "int8"`,
+`model.runtime = "onnx"`. Capacity's p99 is of end of speech -> event (`total`) or, for a GPU whose
 budget is smaller than any VAD hangover, of the daemon's own cut -> event time (`daemon`).
 Writes bench/out/<command>.{json,png}.
 """
@@ -108,8 +109,10 @@ class Daemon:
         self.audio_ep = f"ipc://{tmp}/audio.sock"
         events_ep = f"ipc://{tmp}/events.sock"
         cfg = tmp / "intentd.toml"
+        precision, _, runtime = precision.partition("-")  # "int8-onnx": int8 in ONNX Runtime
         cfg.write_text(
-            f'[model]\nprecision = "{precision}"\nthreads = {threads}\nmax_batch = {max_batch}\n'
+            f'[model]\nprecision = "{precision}"\nruntime = "{runtime or "torch"}"\n'
+            f"threads = {threads}\nmax_batch = {max_batch}\n"
             f"cudnn = {str(cudnn).lower()}\n"
             f"[source]\nnet_max_streams = {max_streams}\n"
             f"[vad]\nhangover_ms = {hangover_ms}\nspeculative = {str(speculative).lower()}\n"
