@@ -188,7 +188,7 @@ def trained_agreement(
     t2 = time.perf_counter()
     diffs = [max(abs(s - dict(y.top_k)[label]) for label, s in x.top_k) for x, y in zip(a, b, strict=True)]
     return {
-        "model": str(model),
+        "model": model.name,  # a folder name: results are committed
         "labels_predicted_fp32": len({x.intent for x in a}),
         "compared": f"int8 ({runtime}) vs fp32 on cpu" if device == "cpu" else "fp16 on cuda vs fp32 on cpu",
         "int8_vs_fp32_top1": agreement([x.intent for x in a], [y.intent for y in b]),
