@@ -304,7 +304,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `intentd corpus OUT [--seed N] [--per-intent N] [--intents ...] [--jobs N]`."""
     p = subparsers.add_parser(
         "corpus",
-        help="synthesise a MInDS-14-style spoken-intent corpus with espeak-ng, flite and Pico",
+        help="synthesise a MInDS-14-style spoken-intent corpus with espeak-ng, flite, Pico and Piper",
         description="Write OUT/<label>/*.wav (8 kHz mono PCM_16) and OUT/metadata.csv "
         "(an audiofolder dataset). Same --seed and sizes give byte-identical files.",
     )
