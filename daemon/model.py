@@ -159,11 +159,10 @@ class Classifier:
         self.pads_batches = self.mixes_lengths and self.device.type == "cuda"
         self.pads_to_shapes = self.pads_batches
         self.bf16_encoder = False
-        if self.model is None:
-            pass  # ONNX Runtime: the export already holds the precision
-        elif self.dtype == torch.float16:
+        # With ONNX Runtime (no torch model) the export already holds the precision.
+        if self.model is not None and self.dtype == torch.float16:
             self.model.half()
-        elif self.dtype == torch.qint8:
+        elif self.model is not None and self.dtype == torch.qint8:
             quantize_linear(self.model)
             if bf16_encoder and cpu_has_native_bf16():
                 self.bf16_encoder = Bf16Convs.install(self.model)
@@ -290,7 +289,7 @@ def _load_onnx(path: Path, precision: str) -> tuple[object, object, ort.OrtModel
         cfg = model.config
         del model
         release_freed_memory()
-    return extractor, cfg, ort.OrtModel(file, threads=torch.get_num_threads())
+    return extractor, cfg, ort.OrtModel(file)
 
 
 def _check_folder(path: Path) -> None:

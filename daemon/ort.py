@@ -135,6 +135,7 @@ class OrtModel:
     """An exported classifier in an ONNX Runtime CPU session: normalised audio in, logits out."""
 
     def __init__(self, file: Path, threads: int = 0) -> None:
+        """`threads`: ONNX Runtime's intra-op pool; 0 takes torch's, which `model.threads` sets."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -152,4 +153,5 @@ class OrtModel:
 
     def __call__(self, input_values: np.ndarray) -> np.ndarray:
         """(batch, samples) float32 -> (batch, labels) float32 logits."""
-        return self.session.run(["logits"], {"input_values": input_values.astype(np.float32)})[0]
+        values = input_values.astype(np.float32, copy=False)  # the extractor's output already is
+        return self.session.run(["logits"], {"input_values": values})[0]
