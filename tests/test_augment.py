@@ -59,3 +59,20 @@ def test_the_collator_augments_flagged_training_rows_only(clip: np.ndarray) -> N
     assert not np.allclose(batch["input_values"][0, :n].numpy(), clip, atol=1e-4)
     assert np.allclose(batch["input_values"][1, :n].numpy(), clip, atol=1e-6)
     assert batch["labels"].tolist() == [0, 1]
+
+
+def test_pink_noise_at_an_awkward_length_falls_3_db_per_octave() -> None:
+    from intentd_train.augment import _pink
+
+    n = 70_001  # prime: the length a clip may have
+    noise = _pink(n, np.random.default_rng(0))
+    assert noise.shape == (n,)
+    power = np.abs(np.fft.rfft(noise)) ** 2
+    hz = np.fft.rfftfreq(n, 1 / 16000)
+
+    def band(lo: float) -> float:
+        return float(power[(hz >= lo) & (hz < 2 * lo)].sum())
+
+    # 1/f power: every octave holds the same energy; white noise would double per octave.
+    ratio_db = 10 * np.log10(band(2000) / band(250))
+    assert abs(ratio_db) < 1.0

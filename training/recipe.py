@@ -208,6 +208,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     raw, label_column = data.load_labelled(config)
     names: list[str] = raw.features[label_column].names
     extractor, model, names, raw = modeling.build(config, names, raw, label_column)
+    if not torch.cuda.is_available() and modeling.frame_waveform_conv(model):
+        log.info("waveform conv computed as frames x kernel (a faster CPU gradient)")
     parts = data.split(raw, label_column, config)
     log.info("split: %s", {k: v for k, v in parts.definition.items() if k != "test_phrasings"})
     ctc_weight = _ctc_weight(config) if data.text_column_of(raw) is not None else 0.0

@@ -1,0 +1,72 @@
+"""The training-time rewrite of the waveform conv: same numbers, same checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from speech import ESPEAK_RATE_HZ, say
+
+from intentd.resample import resample
+from intentd_train import modeling
+from intentd_train.settings import TrainConfig
+
+LABELS = [f"intent_{i}" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    """Two clips of real speech, the shorter zero-padded, as `[batch, 1, samples]`."""
+    a = resample(say("check my balance please"), ESPEAK_RATE_HZ, 16000)
+    b = resample(say("freeze my card"), ESPEAK_RATE_HZ, 16000)
+    out = np.zeros((2, 1, max(len(a), len(b))), dtype=np.float32)
+    out[0, 0, : len(a)] = a
+    out[1, 0, : len(b)] = b
+    return torch.from_numpy(out)
+
+
+# The first layers of the `small`/`tiny` sizes and of wav2vec2-base.
+@pytest.mark.parametrize(("kernel", "stride", "bias"), [(80, 40, False), (10, 5, True)])
+def test_framed_conv_matches_conv1d_forward_and_gradients(
+    batch: torch.Tensor, kernel: int, stride: int, bias: bool
+) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(1, 32, kernel, stride, bias=bias)
+    framed = modeling.FramedConv1d(1, 32, kernel, stride, bias=bias)
+    framed.load_state_dict(conv.state_dict())
+    want, got = conv(batch), framed(batch)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    grad = torch.randn_like(want)
+    want.backward(grad)
+    got.backward(grad)
+    torch.testing.assert_close(framed.weight.grad, conv.weight.grad, rtol=1e-4, atol=1e-4)
+    if bias:
+        torch.testing.assert_close(framed.bias.grad, conv.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_framed_model_saves_a_plain_checkpoint(batch: torch.Tensor, tmp_path: Path) -> None:
+    from datasets import Dataset
+    from transformers import AutoModelForAudioClassification
+
+    config = TrainConfig(output_dir=tmp_path, from_config="tiny", freeze_feature_encoder=False)
+    ds = Dataset.from_dict({"label": [0, 1]})
+    _, model, _, _ = modeling.build(config, LABELS, ds, "label")
+    model.eval()
+    with torch.no_grad():
+        before = model(batch[:, 0]).logits
+    keys = set(model.state_dict())
+    assert modeling.frame_waveform_conv(model)
+    assert isinstance(model.wav2vec2.feature_extractor.conv_layers[0].conv, modeling.FramedConv1d)
+    assert set(model.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch[:, 0]).logits, before, rtol=1e-4, atol=1e-5)
+    assert not modeling.frame_waveform_conv(model)  # already framed: left alone
+
+    model.save_pretrained(str(tmp_path))
+    loaded = AutoModelForAudioClassification.from_pretrained(str(tmp_path)).eval()
+    assert type(loaded.wav2vec2.feature_extractor.conv_layers[0].conv) is torch.nn.Conv1d
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch[:, 0]).logits, before, rtol=1e-4, atol=1e-5)
