@@ -16,6 +16,8 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClas
 from transformers.utils import logging as hf_logging
 
 from intentd import ort
+from intentd.encoder import MatmulEncoder, cpu_has_amx
+from intentd.encoder import supports as encoder_supports
 from intentd.errors import ModelError
 from intentd.resample import MODEL_RATE_HZ
 from intentd.rewrites import (
@@ -133,8 +135,9 @@ class Classifier:
         self.min_score = min_score
         self.unknown_label = unknown_label
         self.onnx: ort.OrtModel | None = None
+        self.encoder: MatmulEncoder | None = None  # the conv encoder outside an ONNX graph
         if runtime == "onnx":
-            self.extractor, cfg, self.onnx = _load_onnx(self.path, precision)
+            self.extractor, cfg, self.onnx, self.encoder = _load_onnx(self.path, precision, bf16_encoder)
             self.model = None
         else:
             self.extractor, self.model = _load(self.path, self.device)
@@ -158,7 +161,7 @@ class Classifier:
         # cores, so padding is only extra work (batch 1 was 14-16 % faster than padded batches of 8).
         self.pads_batches = self.mixes_lengths and self.device.type == "cuda"
         self.pads_to_shapes = self.pads_batches
-        self.bf16_encoder = False
+        self.bf16_encoder = self.encoder is not None
         # With ONNX Runtime (no torch model) the export already holds the precision.
         if self.model is not None and self.dtype == torch.float16:
             self.model.half()
@@ -198,6 +201,8 @@ class Classifier:
     def _forward(self, xs: list[np.ndarray]) -> np.ndarray:
         if self.onnx is not None:  # equal lengths only (pads_batches is off): no mask
             values = self.extractor(xs, sampling_rate=MODEL_RATE_HZ, return_tensors="np")["input_values"]
+            if self.encoder is not None:
+                values = self.encoder(torch.from_numpy(values)).numpy()
             return torch.softmax(torch.from_numpy(self.onnx(values)), dim=-1).numpy()
         # A mask only where there is padding: with one it takes the model paths that skip it.
         padded = self.pads_to_shapes or len({len(x) for x in xs}) > 1
@@ -274,22 +279,30 @@ def trained_rate_hz(value: object, path: Path) -> int | None:
     return int(value)  # type: ignore[call-overload]
 
 
-def _load_onnx(path: Path, precision: str) -> tuple[object, object, ort.OrtModel]:
-    """The feature extractor, config and ONNX Runtime model, exporting the checkpoint on first use."""
+def _load_onnx(
+    path: Path, precision: str, bf16_encoder: bool
+) -> tuple[object, object, ort.OrtModel, MatmulEncoder | None]:
+    """The feature extractor, config, ONNX Runtime model and, where it runs outside the graph, the
+    conv encoder; the checkpoint is exported on first use."""
     _check_folder(path)
-    file = ort.cached_file(path, precision)
+    extractor, cfg = _load_pretrained(path, AutoConfig)
+    # int8 on AMX: the conv encoder as bf16 matmuls in torch, the rest in ONNX Runtime (58 % of
+    # an ONNX int8 pass was fp32 convs; bench/RESULTS.md).
+    split = precision == "int8" and bf16_encoder and cpu_has_amx() and encoder_supports(cfg)
+    file = ort.cached_file(path, precision, features_in=split)
     if file.exists():  # the PyTorch weights are not needed, so they are not loaded
-        extractor, cfg = _load_pretrained(path, AutoConfig)
         log.info("loaded model %s (%d labels) from %s", path, cfg.num_labels, file)
     else:
         log.info("exporting model %s to ONNX (%s) once, into %s", path, precision, file.parent)
-        extractor, model = _load(path, torch.device("cpu"))
+        _, model = _load(path, torch.device("cpu"))
         fold_weight_norm(model)
-        ort.export(model, file, precision)
-        cfg = model.config
+        ort.export(model, file, precision, features_in=split)
         del model
         release_freed_memory()
-    return extractor, cfg, ort.OrtModel(file)
+    encoder = MatmulEncoder.load(path, cfg) if split else None
+    if encoder is not None:
+        log.info("conv encoder of %s runs as bf16 matmuls (AMX), outside the ONNX graph", path.name)
+    return extractor, cfg, ort.OrtModel(file, spin=encoder is None), encoder
 
 
 def _check_folder(path: Path) -> None:

@@ -38,12 +38,14 @@ def cache_root() -> Path:
     return Path(base) / CACHE_SUBDIR
 
 
-def cache_key(path: Path, precision: str) -> str:
-    """What the exported file depends on: weights, config, precision, export and library versions."""
+def cache_key(path: Path, precision: str, features_in: bool = False) -> str:
+    """What the exported file depends on: weights, config, precision, input, export and library versions."""
     import onnxruntime
 
     h = hashlib.sha256()
     h.update(f"{EXPORT_VERSION}|{precision}|{torch.__version__}|{onnxruntime.__version__}".encode())
+    if features_in:
+        h.update(b"|features")
     for f in sorted([*path.glob("*.safetensors"), path / "config.json"]):
         h.update(f.name.encode())
         with f.open("rb") as fh:
@@ -52,10 +54,23 @@ def cache_key(path: Path, precision: str) -> str:
     return h.hexdigest()[:20]
 
 
-def cached_file(path: Path, precision: str) -> Path:
-    """The cache path of this checkpoint's export (it may not exist yet)."""
+def cached_file(path: Path, precision: str, features_in: bool = False) -> Path:
+    """The cache path of this checkpoint's export (it may not exist yet).
+
+    `features_in`: the graph starts after the conv feature encoder (intentd.encoder runs that).
+    """
     name = "model.int8.onnx" if precision == "int8" else "model.onnx"
-    return cache_root() / cache_key(path, precision) / name
+    if features_in:
+        name = name.replace(".onnx", ".features.onnx")
+    return cache_root() / cache_key(path, precision, features_in) / name
+
+
+class _FramesFirst(torch.nn.Module):
+    """Stands in for the conv feature encoder: takes its output as `[batch, frames, channels]`."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """The encoder's `[batch, channels, frames]`, which the model transposes straight back."""
+        return features.transpose(1, 2)
 
 
 class _Logits(torch.nn.Module):
@@ -70,13 +85,22 @@ class _Logits(torch.nn.Module):
         return self.model(input_values=input_values).logits
 
 
-def export(model: torch.nn.Module, out: Path, precision: str) -> Path:
-    """Write `model` (fp32, eval) to `out` as ONNX, int8 with its MatMuls quantised; atomic."""
+def export(model: torch.nn.Module, out: Path, precision: str, features_in: bool = False) -> Path:
+    """Write `model` (fp32, eval) to `out` as ONNX, int8 with its MatMuls quantised; atomic.
+
+    `features_in`: the graph's input is the conv encoder's output, `features` (`[batch, frames,
+    channels]`), and the encoder is left out; `model` is changed in place.
+    """
     out.parent.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    name, axis = "input_values", "samples"
+    example = torch.zeros(1, 16_000)
+    if features_in:
+        model.base_model.feature_extractor = _FramesFirst()
+        name, axis = "features", "frames"
+        example = torch.zeros(1, 50, model.config.conv_dim[-1])
     with tempfile.TemporaryDirectory(dir=out.parent.parent, prefix=".export-") as tmp:
         fp32 = Path(tmp) / "model.onnx"
-        example = torch.zeros(1, 16_000)
         with warnings.catch_warnings(), torch.inference_mode():
             # Tracing warns about every Python branch on a shape; none of them depends on the
             # length, which stays dynamic, and the test compares the scores at several lengths.
@@ -85,9 +109,9 @@ def export(model: torch.nn.Module, out: Path, precision: str) -> Path:
                 _Logits(model),
                 (example,),
                 str(fp32),
-                input_names=["input_values"],
+                input_names=[name],
                 output_names=["logits"],
-                dynamic_axes={"input_values": {0: "batch", 1: "samples"}, "logits": {0: "batch"}},
+                dynamic_axes={name: {0: "batch", 1: axis}, "logits": {0: "batch"}},
                 opset_version=OPSET,
                 dynamo=False,
             )
@@ -134,14 +158,20 @@ def _quantize(src: Path, dst: Path) -> None:
 class OrtModel:
     """An exported classifier in an ONNX Runtime CPU session: normalised audio in, logits out."""
 
-    def __init__(self, file: Path, threads: int = 0) -> None:
-        """`threads`: ONNX Runtime's intra-op pool; 0 takes torch's, which `model.threads` sets."""
+    def __init__(self, file: Path, threads: int = 0, spin: bool = True) -> None:
+        """`threads`: ONNX Runtime's intra-op pool; 0 takes torch's, which `model.threads` sets.
+
+        `spin=False` when torch runs between passes (the split encoder): ONNX Runtime's threads
+        spinning for work took the cores from torch's (85 -> 71 ms a 3 s clip without them).
+        """
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(
                 str(file), options, providers=["CPUExecutionProvider"]
@@ -150,8 +180,9 @@ class OrtModel:
             raise ModelError(f"ONNX model {file} cannot be loaded: {str(e).splitlines()[0]}; "
                              "delete it to export again") from e  # fmt: skip
         self.file = file
+        self.input_name = self.session.get_inputs()[0].name  # input_values, or features
 
-    def __call__(self, input_values: np.ndarray) -> np.ndarray:
-        """(batch, samples) float32 -> (batch, labels) float32 logits."""
-        values = input_values.astype(np.float32, copy=False)  # the extractor's output already is
-        return self.session.run(["logits"], {"input_values": values})[0]
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        """(batch, samples) audio or (batch, frames, channels) features -> (batch, labels) logits."""
+        values = inputs.astype(np.float32, copy=False)  # the extractor's output already is
+        return self.session.run(["logits"], {self.input_name: values})[0]

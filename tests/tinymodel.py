@@ -19,7 +19,7 @@ def save_tiny_checkpoint(
 ) -> Path:
     """A randomly initialised ~40k-parameter Wav2Vec2 classifier; `layer` norm when it takes a mask."""
     torch.manual_seed(seed)
-    cfg = Wav2Vec2Config(
+    settings: dict[str, object] = dict(
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -32,8 +32,8 @@ def save_tiny_checkpoint(
         num_labels=len(INTENTS),
         id2label=dict(enumerate(INTENTS)),
         label2id={label: i for i, label in enumerate(INTENTS)},
-        **config_overrides,
     )
+    cfg = Wav2Vec2Config(**{**settings, **config_overrides})
     model = Wav2Vec2ForSequenceClassification(cfg)
     extractor = Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
