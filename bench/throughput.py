@@ -14,7 +14,9 @@ clips of equal length, as before per-clip norms let wav2vec2-base mix lengths), 
 (int8 with the conv layers, feature encoder and positional conv, left in fp32, as before they ran in bf16),
 `compile` (`torch.compile` with inductor freezing and dynamic shapes, compiled and warmed on
 1-2 silent clips of 3 lengths before timing; the time that takes is printed as `compile_s`),
-`onnx` (`model.runtime = "onnx"`: exported once into the cache, then ONNX Runtime on the CPU).
+`onnx` (`model.runtime = "onnx"`: exported once into the cache, then ONNX Runtime on the CPU; on a
+CPU with AMX, `int8-onnx` runs the conv encoder as bf16 matmuls in torch and `int8-onnx-fp32enc`
+the whole model in ONNX Runtime).
 Writes bench/out/throughput.{json,png}.
 """
 

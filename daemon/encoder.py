@@ -11,6 +11,8 @@ and the ONNX graph it feeds starts from it (`intentd.ort`, `features` input).
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from pathlib import Path
 
 import torch
@@ -24,6 +26,11 @@ NORMS = ("group", "layer")
 # more than the matmuls save: the 144-channel demo model took 2.7 ms a clip split, 2.0 whole.
 MIN_CHANNELS = 256
 NORM_EPS = 1e-5  # torch's GroupNorm and LayerNorm default, which wav2vec2's layers use
+# oneDNN builds a kernel for each new matmul shape, which doubled the encoder's time on every new
+# utterance length; rows padded to a multiple of this bound the shapes (blocks of fixed size
+# instead ran at half the speed of one whole-clip product).
+ROW_STEP = 512
+ARENA_GROWTH = 1.25  # a buffer grows to 1.25x what it must hold, so a longer clip rarely regrows it
 
 
 def cpu_has_amx() -> bool:
@@ -63,6 +70,8 @@ class MatmulEncoder:
             }
             layer["weight_bf16"] = layer["weight"].to(torch.bfloat16)
             self.layers.append(layer)
+        self._arena: dict[str, torch.Tensor] = {}  # bf16 buffers kept between calls
+        self._lock = threading.Lock()  # one call at a time uses the buffers
 
     @classmethod
     def load(cls, path: Path, cfg: object) -> MatmulEncoder:
@@ -80,29 +89,51 @@ class MatmulEncoder:
     @torch.inference_mode()
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         """`[batch, samples]` float32 to `[batch, frames, channels]` float32."""
-        h = values.float()
-        for i, layer in enumerate(self.layers):
-            k, s = self.kernels[i], self.strides[i]
-            if i == 0:
-                frames = h.unfold(-1, k, s)  # [batch, frames, k]: a view
-            else:  # [batch, frames, channels] -> [batch, frames', channels * k], one copy
-                frames = h.unfold(1, k, s)
-                frames = frames.reshape(frames.shape[0], frames.shape[1], -1)
-            if i == 0 and self.group_norm:
-                y = self._first_group_norm(frames, layer)
-            else:
-                y = frames.to(torch.bfloat16) @ layer["weight_bf16"].T
-                if layer["bias"] is not None:
-                    y = y + layer["bias"].to(y.dtype)
+        with self._lock:
+            h = values.float()
+            for i, layer in enumerate(self.layers):
+                k, s = self.kernels[i], self.strides[i]
+                frames = h.unfold(-1, k, s) if i == 0 else h.unfold(1, k, s)  # views
+                # [batch, frames, (channels,) k] -> [batch, frames padded, channels * k]: one copy
+                rows = self._rows(f"frames{i}", frames)
+                if i == 0 and self.group_norm:
+                    weights, shift = self._first_group_norm(frames, layer)
+                    y = self._buffer("out0", (*rows.shape[:2], weights.shape[1]))
+                    torch.baddbmm(shift[:, None], rows, weights.transpose(1, 2), out=y)
+                else:
+                    y = self._buffer(f"out{i}", (*rows.shape[:2], layer["weight"].shape[0]))
+                    torch.matmul(rows, layer["weight_bf16"].T, out=y)
+                    if layer["bias"] is not None:
+                        y += layer["bias"].to(y.dtype)
+                y = y[:, : frames.shape[1]]
                 if not self.group_norm:
                     y = F.layer_norm(y, y.shape[-1:], layer["norm_weight"].to(y.dtype),
                                      layer["norm_bias"].to(y.dtype), NORM_EPS)  # fmt: skip
-            h = F.gelu(y)
-        return h.float()
+                h = torch.ops.aten.gelu.out(y, out=y)  # in place
+            return h.float()
+
+    def _rows(self, name: str, frames: torch.Tensor) -> torch.Tensor:
+        """`frames` as bf16 rows in a kept buffer, zero-padded to a multiple of ROW_STEP rows."""
+        batch, n = frames.shape[:2]
+        width = math.prod(frames.shape[2:])
+        rows = self._buffer(name, (batch, -(-n // ROW_STEP) * ROW_STEP, width))
+        rows[:, :n].view(frames.shape).copy_(frames)
+        rows[:, n:].zero_()
+        return rows
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A bf16 view of a kept buffer, grown when needed: fresh memory for every new utterance
+        length cost 7,500 page faults a 2.5 s clip."""
+        numel = math.prod(shape)
+        buf = self._arena.get(name)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(int(numel * ARENA_GROWTH), dtype=torch.bfloat16)
+            self._arena[name] = buf
+        return buf[:numel].view(shape)
 
     @staticmethod
-    def _first_group_norm(frames: torch.Tensor, layer: dict) -> torch.Tensor:
-        """Conv layer 0 and its per-channel GroupNorm over time, as one bf16 matmul per clip.
+    def _first_group_norm(frames: torch.Tensor, layer: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conv layer 0's kernels and bias with its per-channel GroupNorm over time folded in, per clip.
 
         A channel's output is frames @ w, so its mean over time is mean(frames) @ w and its
         variance w' C w, with C the frames' k x k covariance. Normalising is then a per-clip scale
@@ -116,6 +147,5 @@ class MatmulEncoder:
         var = torch.einsum("ck,bkl,cl->bc", w, cov, w)
         scale = layer["norm_weight"] * torch.rsqrt(var + NORM_EPS)  # [batch, channels]
         shift = layer["norm_bias"] - (mean @ w.T) * scale
-        kernels = (w[None] * scale[..., None]).to(torch.bfloat16)  # [batch, channels, k]
-        return torch.baddbmm(shift[:, None].to(torch.bfloat16), frames.to(torch.bfloat16),
-                             kernels.transpose(1, 2))  # fmt: skip
+        kernels = w[None] * scale[..., None]  # [batch, channels, k]
+        return kernels.to(torch.bfloat16), shift.to(torch.bfloat16)
