@@ -62,13 +62,15 @@ class MatmulEncoder:
         self.layers = []
         for i in range(len(self.kernels)):
             w = weights[f"{PREFIX}{i}.conv.weight"].float()  # [out, in, kernel]
+            w = w.reshape(w.shape[0], -1)  # rows match frames flattened as (in, kernel)
             layer = {
-                "weight": w.reshape(w.shape[0], -1),  # rows match frames flattened as (in, kernel)
+                "weight_bf16": w.to(torch.bfloat16),
                 "bias": weights.get(f"{PREFIX}{i}.conv.bias"),
                 "norm_weight": weights.get(f"{PREFIX}{i}.layer_norm.weight"),
                 "norm_bias": weights.get(f"{PREFIX}{i}.layer_norm.bias"),
             }
-            layer["weight_bf16"] = layer["weight"].to(torch.bfloat16)
+            if i == 0:  # the GroupNorm fold needs layer 0's kernels in fp32; the rest run in bf16 only
+                layer["weight"] = w
             self.layers.append(layer)
         self._arena: dict[str, torch.Tensor] = {}  # bf16 buffers kept between calls
         self._lock = threading.Lock()  # one call at a time uses the buffers
@@ -101,7 +103,7 @@ class MatmulEncoder:
                     y = self._buffer("out0", (*rows.shape[:2], weights.shape[1]))
                     torch.baddbmm(shift[:, None], rows, weights.transpose(1, 2), out=y)
                 else:
-                    y = self._buffer(f"out{i}", (*rows.shape[:2], layer["weight"].shape[0]))
+                    y = self._buffer(f"out{i}", (*rows.shape[:2], layer["weight_bf16"].shape[0]))
                     torch.matmul(rows, layer["weight_bf16"].T, out=y)
                     if layer["bias"] is not None:
                         y += layer["bias"].to(y.dtype)
