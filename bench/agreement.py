@@ -63,8 +63,14 @@ def main() -> int:
     for name, (precision, runtime) in VARIANTS.items():
         if name.endswith("-split") and not encoder.cpu_has_amx():
             continue
-        encoder.MIN_CHANNELS = 0 if name.endswith("-split") else MIN_CHANNELS
-        clf = Classifier(args.model, device="cpu", top_k=1000, precision=precision, runtime=runtime)
+        split = name.endswith("-split")
+        encoder.MIN_CHANNELS = 0 if split else MIN_CHANNELS
+        try:
+            clf = Classifier(
+                args.model, device="cpu", top_k=1000, precision=precision, runtime=runtime, bf16_encoder=split
+            )
+        finally:
+            encoder.MIN_CHANNELS = MIN_CHANNELS
         got = classify_clips(clf, clips, 8)
         same = sum(a.intent == b.intent for a, b in zip(ref, got, strict=True))
         change = max(

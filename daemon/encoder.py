@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from intentd.errors import ModelError
+
 log = logging.getLogger(__name__)
 
 PREFIX = "wav2vec2.feature_extractor.conv_layers."
@@ -30,6 +32,9 @@ NORM_EPS = 1e-5  # torch's GroupNorm and LayerNorm default, which wav2vec2's lay
 # utterance length; rows padded to a multiple of this bound the shapes (blocks of fixed size
 # instead ran at half the speed of one whole-clip product).
 ROW_STEP = 512
+# Kept buffers are bounded: wav2vec2-base's largest, layer 0's output, is 16 MB for a 5 s clip;
+# 32 MB keeps up to ~10 s at batch 1, and anything larger is allocated per call.
+ARENA_MAX_ELEMENTS = 16 * 1024 * 1024
 ARENA_GROWTH = 1.25  # a buffer grows to 1.25x what it must hold, so a longer clip rarely regrows it
 
 
@@ -39,8 +44,10 @@ def cpu_has_amx() -> bool:
 
 
 def supports(cfg: object) -> bool:
-    """Whether `cfg` describes an encoder this module computes and that pays to take out of ONNX:
-    wav2vec2, GELU, group or layer norm, wide conv layers."""
+    """Whether `cfg`'s encoder is one this module computes and that pays to take out of ONNX.
+
+    wav2vec2, GELU, group or layer norm, conv layers at least MIN_CHANNELS wide.
+    """
     return (
         getattr(cfg, "model_type", None) == "wav2vec2"
         and max(getattr(cfg, "conv_dim", (0,))) >= MIN_CHANNELS
@@ -61,7 +68,10 @@ class MatmulEncoder:
         self.group_norm = cfg.feat_extract_norm == "group"  # type: ignore[attr-defined]
         self.layers = []
         for i in range(len(self.kernels)):
-            w = weights[f"{PREFIX}{i}.conv.weight"].float()  # [out, in, kernel]
+            key = f"{PREFIX}{i}.conv.weight"
+            if key not in weights:
+                raise ModelError(f"checkpoint has no tensor {key}; it is not a wav2vec2 conv encoder")
+            w = weights[key].float()  # [out, in, kernel]
             w = w.reshape(w.shape[0], -1)  # rows match frames flattened as (in, kernel)
             layer = {
                 "weight_bf16": w.to(torch.bfloat16),
@@ -115,18 +125,23 @@ class MatmulEncoder:
             return h.float()
 
     def _rows(self, name: str, frames: torch.Tensor) -> torch.Tensor:
-        """`frames` as bf16 rows in a kept buffer, zero-padded to a multiple of ROW_STEP rows."""
+        """`frames` as bf16 rows in a kept buffer, padded to a multiple of ROW_STEP rows."""
         batch, n = frames.shape[:2]
         width = math.prod(frames.shape[2:])
         rows = self._buffer(name, (batch, -(-n // ROW_STEP) * ROW_STEP, width))
+        # Rows past n keep stale values: each output row depends on its own row only, and those
+        # outputs are dropped.
         rows[:, :n].view(frames.shape).copy_(frames)
-        rows[:, n:].zero_()
         return rows
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """A bf16 view of a kept buffer, grown when needed: fresh memory for every new utterance
-        length cost 7,500 page faults a 2.5 s clip."""
+        """A bf16 view of a kept buffer, grown when needed.
+
+        Fresh memory for every new utterance length cost 7,500 page faults a 2.5 s clip.
+        """
         numel = math.prod(shape)
+        if numel > ARENA_MAX_ELEMENTS:  # a rare long segment or large batch: not kept
+            return torch.empty(shape, dtype=torch.bfloat16)
         buf = self._arena.get(name)
         if buf is None or buf.numel() < numel:
             buf = torch.empty(int(numel * ARENA_GROWTH), dtype=torch.bfloat16)

@@ -282,8 +282,10 @@ def trained_rate_hz(value: object, path: Path) -> int | None:
 def _load_onnx(
     path: Path, precision: str, bf16_encoder: bool
 ) -> tuple[object, object, ort.OrtModel, MatmulEncoder | None]:
-    """The feature extractor, config, ONNX Runtime model and, where it runs outside the graph, the
-    conv encoder; the checkpoint is exported on first use."""
+    """The feature extractor, config, ONNX Runtime model and the conv encoder where it runs outside.
+
+    The checkpoint is exported on first use.
+    """
     _check_folder(path)
     extractor, cfg = _load_pretrained(path, AutoConfig)
     # int8 on AMX: the conv encoder as bf16 matmuls in torch, the rest in ONNX Runtime (58 % of

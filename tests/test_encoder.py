@@ -12,6 +12,7 @@ from tinymodel import save_tiny_checkpoint
 from transformers import AutoModelForAudioClassification
 
 from intentd import encoder, ort
+from intentd.errors import ModelError
 from intentd.model import Classifier
 from intentd.resample import MODEL_RATE_HZ
 
@@ -40,13 +41,19 @@ def _normalised(clip: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((clip - clip.mean()) / np.sqrt(clip.var() + 1e-7))[None]
 
 
-@pytest.mark.parametrize(("mask", "bias"), [(False, False), (True, True)])  # group norm, layer norm
+# group norm (wav2vec2-base) and layer norm, with and without conv biases
+@pytest.mark.parametrize(("mask", "bias"), [(False, False), (False, True), (True, True)])
 def test_matmul_encoder_matches_the_conv_encoder(
     clips: list[np.ndarray], tmp_path: Path, mask: bool, bias: bool
 ) -> None:
     path = save_tiny_checkpoint(tmp_path / "m", with_attention_mask=mask, conv_bias=bias, **WIDE)
     model = AutoModelForAudioClassification.from_pretrained(str(path)).eval()
-    enc = encoder.MatmulEncoder.load(path, model.config)
+    torch.manual_seed(1)
+    with torch.no_grad():  # trained-like norms: a fresh model's are weight 1, bias 0
+        for name, p in model.wav2vec2.feature_extractor.named_parameters():
+            if "layer_norm" in name or name.endswith("conv.bias"):
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("layer_norm.weight") else 0.0))
+    enc = encoder.MatmulEncoder(model.config, model.state_dict())
     for clip in clips:
         x = _normalised(clip)
         with torch.no_grad():
@@ -65,6 +72,13 @@ def test_each_clip_in_a_batch_is_normalised_over_its_own_frames(
     batch = enc(torch.cat([a, b]))
     torch.testing.assert_close(batch[0], enc(a)[0], rtol=0.02, atol=0.02)
     torch.testing.assert_close(batch[1], enc(b)[0], rtol=0.02, atol=0.02)
+
+
+def test_a_checkpoint_without_the_encoder_is_one_error(wide_model: Path) -> None:
+    from transformers import AutoConfig
+
+    with pytest.raises(ModelError, match=r"conv_layers\.0\.conv\.weight"):
+        encoder.MatmulEncoder(AutoConfig.from_pretrained(str(wide_model)), {})
 
 
 def test_supports_wide_wav2vec2_encoders_only(wide_model: Path, tiny_model_nomask: Path) -> None:
