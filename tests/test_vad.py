@@ -331,3 +331,17 @@ def test_speech_resuming_withdraws_the_tentative(chunk_ms: int) -> None:
         elif isinstance(o, Tentative):
             pending = o.segment
     assert pending is None
+
+
+@pytest.mark.parametrize(("gap_s", "segments"), [(0.7, 1), (1.6, 2)])
+def test_a_short_afterthought_right_after_a_request_is_no_new_segment(gap_s: float, segments: int) -> None:
+    r = speech.recording(["check my balance please", "thanks"], rate_hz=16000, gap_s=gap_s)
+    got = run(r.samples, 16000)
+    assert len(got) == segments  # within followup_gap_ms "thanks" is too short; later it stands
+    assert got[0].start_s <= r.spans_s[0][0] and got[0].end_of_speech_s >= r.spans_s[0][1] - TOLERANCE_S
+    assert len(run(r.samples, 16000, config=VadConfig(followup_min_speech_ms=0))) == 2  # off
+
+
+def test_a_whole_request_right_after_another_is_kept() -> None:
+    r = speech.recording(["check my balance please", "freeze my card"], rate_hz=16000, gap_s=0.7)
+    assert_matches_truth(run(r.samples, 16000), r)
