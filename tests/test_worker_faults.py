@@ -16,6 +16,7 @@ from intentd.model import Classifier
 from intentd.notify import Notifier
 from intentd.runner import Pipeline
 from intentd.sources import WavSource
+from intentd.vad import VadConfig
 from intentd_client.protocol import IntentEvent
 
 # wav2vec2's first convolution needs at least its kernel of input: with a 1 s kernel, short
@@ -36,7 +37,11 @@ def picky_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run(model: Path, wav: Path, notifier: Notifier, max_batch: int, realtime: bool = False):
     cfg = Config(
-        model=ModelConfig(max_batch=max_batch, max_wait_ms=300), source=SourceConfig(spec=f"wav:{wav}")
+        model=ModelConfig(max_batch=max_batch, max_wait_ms=300),
+        source=SourceConfig(spec=f"wav:{wav}"),
+        # The short "yes" utterances, 0.8 s apart, would be dropped as follow-ups; here they must
+        # reach the model.
+        vad=VadConfig(followup_min_speech_ms=0),
     )
     events: list[IntentEvent] = []
     src = WavSource(str(wav), realtime=realtime)
