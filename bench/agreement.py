@@ -23,6 +23,7 @@ from intentd import encoder
 from intentd.classify import classify_clips, load_clip
 from intentd.config import DEMO_MODEL_DIR
 from intentd.model import Classifier
+from intentd.rewrites import cpu_has_amx
 
 VARIANTS = {
     "int8": ("int8", "torch"),
@@ -61,9 +62,9 @@ def main() -> int:
         "paths": list(map(str, args.paths)),
     }
     for name, (precision, runtime) in VARIANTS.items():
-        if name.endswith("-split") and not encoder.cpu_has_amx():
-            continue
         split = name.endswith("-split")
+        if split and not cpu_has_amx():
+            continue
         encoder.MIN_CHANNELS = 0 if split else MIN_CHANNELS
         try:
             clf = Classifier(

@@ -38,11 +38,6 @@ ARENA_MAX_ELEMENTS = 16 * 1024 * 1024
 ARENA_GROWTH = 1.25  # a buffer grows to 1.25x what it must hold, so a longer clip rarely regrows it
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (bf16 matmuls several times fp32's speed)."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
 def supports(cfg: object) -> bool:
     """Whether `cfg`'s encoder is one this module computes and that pays to take out of ONNX.
 

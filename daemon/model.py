@@ -16,13 +16,14 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClas
 from transformers.utils import logging as hf_logging
 
 from intentd import ort
-from intentd.encoder import MatmulEncoder, cpu_has_amx
+from intentd.encoder import MatmulEncoder
 from intentd.encoder import supports as encoder_supports
 from intentd.errors import ModelError
 from intentd.resample import MODEL_RATE_HZ
 from intentd.rewrites import (
     Bf16Convs,
     ClipLengthNorm,
+    cpu_has_amx,
     cpu_has_native_bf16,
     fold_weight_norm,
     quantize_linear,

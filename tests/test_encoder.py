@@ -15,6 +15,7 @@ from intentd import encoder, ort
 from intentd.errors import ModelError
 from intentd.model import Classifier
 from intentd.resample import MODEL_RATE_HZ
+from intentd.rewrites import cpu_has_amx
 
 WIDE = {"conv_dim": (256,) * 7}  # wide enough for the split (encoder.MIN_CHANNELS)
 TEXTS = ("check my balance", "I lost my card, freeze it", "pay my gas bill", "what did I spend last week")
@@ -112,7 +113,7 @@ def test_features_graph_scores_what_torch_scores(
     assert np.abs(probs[0] - probs[1]).max() < 0.02
 
 
-@pytest.mark.skipif(not encoder.cpu_has_amx(), reason="the split runs on CPUs with AMX only")
+@pytest.mark.skipif(not cpu_has_amx(), reason="the split runs on CPUs with AMX only")
 def test_int8_onnx_on_amx_runs_the_encoder_in_torch(
     clips: list[np.ndarray], wide_model: Path, cache: Path
 ) -> None:
