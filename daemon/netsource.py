@@ -96,6 +96,7 @@ class NetSource:
             raise ValueError(f"idle_timeout_s must be positive, got {idle_timeout_s}")
         self.endpoint = endpoint
         self.name = f"net:{endpoint}"
+        self.realtime = True  # streams come at the pace they are sent; none waits for the model
         self.rate_hz = 0  # every stream has its own rate, carried by its chunks
         self.queue_max_chunks = queue_max_chunks
         self.max_streams = max_streams

@@ -97,7 +97,7 @@ class Pipeline:
         self.error: IntentdError | None = None
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=config.queues.segment_max)
         self._results: queue.Queue[Result] = queue.Queue()
-        self.speculations = Speculations(self._release)
+        self.speculations = Speculations(self._release, config.vad.confident_score)
         self._audio_running = len(self.sources)
         self._audio_lock = threading.Lock()
         self._audio_done = threading.Event()
@@ -239,7 +239,7 @@ class Pipeline:
                     continue
                 if chunk is not None:
                     self.gate.mark_frames()
-                    self._segment(segmenters, chunk)
+                    self._segment(segmenters, chunk, source.realtime)
         except IntentdError as e:
             self._fail(e)
         finally:
@@ -250,10 +250,12 @@ class Pipeline:
                 if self._audio_running == 0:
                     self._audio_done.set()
 
-    def _segment(self, segmenters: dict[str, Segmenter], chunk: Chunk) -> None:
+    def _segment(self, segmenters: dict[str, Segmenter], chunk: Chunk, realtime: bool) -> None:
         seg = segmenters.get(chunk.source)
         if seg is None:
-            seg = segmenters[chunk.source] = Segmenter(self.config.vad, chunk.rate_hz, source=chunk.source)
+            seg = segmenters[chunk.source] = Segmenter(
+                self.config.vad, chunk.rate_hz, source=chunk.source, wait_for_verdicts=not realtime
+            )
         for out in seg.process(chunk.samples):
             self._route(out)
         if chunk.final:
@@ -308,7 +310,7 @@ class Pipeline:
     def _route(self, out: SegmenterOutput) -> None:
         """Start or drop a speculation, or count a cut segment and queue it unless it was speculated."""
         if isinstance(out, Tentative):
-            self._enqueue(out.segment, self.speculations.start(out.segment))
+            self._enqueue(out.segment, self.speculations.start(out))
         elif isinstance(out, Withdrawn):
             self.speculations.withdraw(out.segment)
         else:

@@ -58,6 +58,9 @@ class Source(Protocol):
 
     name: str
     rate_hz: int
+    # Chunks come at the pace of speech (a device, the network, a paced file): nothing may wait for
+    # the model. False for a file read as fast as it goes (vad.Segmenter's wait_for_verdicts).
+    realtime: bool
 
     def open(self) -> None:
         """Start delivering audio; `rate_hz` is valid afterwards."""
@@ -251,6 +254,7 @@ class MicSource:
             raise ValueError(f"queue_max_chunks must be at least 1, got {queue_max_chunks}")
         self.device = device
         self.name = f"mic:{'default' if device is None else device}"
+        self.realtime = True
         self.rate_hz = rate_hz or 0
         self.channels = channels or 0
         self.device_name = ""  # PortAudio's full name, once open

@@ -13,6 +13,9 @@ queue order. Releasing under the lock keeps the two releasing threads from overt
 
 The confirmed result is the one the segment would have got without speculation: the confirming
 Segment is the announced object itself, so the model saw the same samples.
+
+`finish` also settles the Tentative's Verdict (confident: the top score reached `confident_score`),
+which lets a segmenter with `vad.confident_hangover_ms` confirm it before the full hangover.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from intentd.publisher import Result
-from intentd.vad import Segment
+from intentd.vad import Segment, Tentative, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class Speculation:
     """One Tentative segment's classification, from queueing until it is released or dropped."""
 
     segment: Segment
+    verdict: Verdict
     cut_at: float | None = None  # time.monotonic() of the confirmation
     withdrawn: bool = False
     done: bool = False  # the worker has finished it (result None: the model failed on it)
@@ -46,18 +50,19 @@ class Speculations:
     model failed on the segment.
     """
 
-    def __init__(self, release: Callable[[Result | None], None]) -> None:
+    def __init__(self, release: Callable[[Result | None], None], confident_score: float = 1.0) -> None:
         self._release = release
+        self._confident_score = confident_score
         self._lock = threading.Lock()
         self._open: dict[str, Speculation] = {}  # by source: a segmenter has one Tentative out at most
         self._started = 0
         self._discarded = 0
 
-    def start(self, segment: Segment) -> Speculation:
+    def start(self, tentative: Tentative) -> Speculation:
         """Register a Tentative segment about to be queued for the worker."""
-        spec = Speculation(segment)
+        spec = Speculation(tentative.segment, tentative.verdict)
         with self._lock:
-            self._open[segment.source] = spec
+            self._open[spec.segment.source] = spec
             self._started += 1
         return spec
 
@@ -92,6 +97,7 @@ class Speculations:
 
     def finish(self, spec: Speculation, result: Result | None) -> None:
         """The worker's outcome: released at once if already confirmed, else held."""
+        spec.verdict.settle(result is not None and result.score >= self._confident_score)
         with self._lock:
             spec.done = True
             if spec.withdrawn:

@@ -5,13 +5,21 @@ lasted `tail_ms`, every sample of the segment it would close is known, so it emi
 with that segment. What follows for the source is exactly one of: the same `Segment` (the
 hangover confirmed it) or a `Withdrawn` (speech resumed first). The final segments are the same
 with speculation on or off; the runner uses the head start to classify during the hangover.
+
+With `confident_hangover_ms` set as well, a shorter pause ends the segment when the model is sure
+of it: the runner settles each Tentative's `Verdict` once the worker has scored it, and a pause of
+`confident_hangover_ms` after a confident verdict confirms the Tentative at once instead of after
+the full hangover. Live sources look at the verdict frame by frame and never wait for it; a file
+replayed faster than real time waits for it (`wait_for_verdicts`), so a replay cuts where a live
+daemon whose model keeps up would, and cuts the same every time.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 import webrtcvad
@@ -31,6 +39,8 @@ INT16_FULL_SCALE = 32767.0
 # A segment is held in memory whole; this caps what max_segment_s may ask for.
 MAX_SEGMENT_LIMIT_S = 60.0
 INITIAL_BUFFER_SAMPLES = 1 << 14
+# How long a replay waits for the model's verdict on a Tentative before going on without it.
+VERDICT_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,11 @@ class VadConfig:
     followup_min_speech_ms: int = 700
     max_segment_s: float = 10.0  # longer speech is cut into pieces of at most this length
     speculative: bool = True  # emit Tentative/Withdrawn outputs as well (see the module docstring)
+    # A pause this long ends the segment when the model's speculative result scored at least
+    # confident_score (the module docstring); 0 turns it off, and every segment waits out the
+    # full hangover. Needs speculative.
+    confident_hangover_ms: int = 0
+    confident_score: float = 0.9
 
     def __post_init__(self) -> None:
         if not _is_int(self.aggressiveness) or not 0 <= self.aggressiveness <= MAX_AGGRESSIVENESS:
@@ -62,7 +77,14 @@ class VadConfig:
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
                 raise ConfigError(f"vad.{name} must be a positive whole number, got {value!r}")
-        for name in ("preroll_ms", "tail_ms", "min_speech_ms", "followup_gap_ms", "followup_min_speech_ms"):
+        for name in (
+            "preroll_ms",
+            "tail_ms",
+            "min_speech_ms",
+            "followup_gap_ms",
+            "followup_min_speech_ms",
+            "confident_hangover_ms",
+        ):
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise ConfigError(f"vad.{name} must be a whole number >= 0, got {value!r}")
@@ -72,6 +94,16 @@ class VadConfig:
             raise ConfigError(
                 f"vad.tail_ms ({self.tail_ms}) must not exceed vad.hangover_ms ({self.hangover_ms})"
             )
+        if self.confident_hangover_ms:
+            if not self.speculative:
+                raise ConfigError("vad.confident_hangover_ms needs vad.speculative = true")
+            if not self.tail_ms < self.confident_hangover_ms < self.hangover_ms:
+                raise ConfigError(
+                    f"vad.confident_hangover_ms must be 0 or between vad.tail_ms ({self.tail_ms}) "
+                    f"and vad.hangover_ms ({self.hangover_ms}), got {self.confident_hangover_ms}"
+                )
+        if not _is_number(self.confident_score) or not 0.0 <= self.confident_score <= 1.0:
+            raise ConfigError(f"vad.confident_score must be from 0 to 1, got {self.confident_score!r}")
         # Room for the pre-roll, the trigger run, one more frame and the hangover, so that a
         # segment can open and close before it must be cut.
         needed_ms = self.preroll_ms + self.start_ms + self.frame_ms + self.hangover_ms
@@ -109,11 +141,30 @@ class Segment:
     forced: bool  # cut because it reached max_segment_s while speech went on
 
 
+class Verdict:
+    """Whether the model is confident of a Tentative's segment: settled once, by the worker."""
+
+    def __init__(self) -> None:
+        self._settled = threading.Event()
+        self._confident = False
+
+    def settle(self, confident: bool) -> None:
+        """The worker's answer; the first one counts."""
+        if not self._settled.is_set():
+            self._confident = confident
+            self._settled.set()
+
+    def confident(self, wait_s: float = 0.0) -> bool:
+        """True once settled as confident; waits up to `wait_s` for an answer."""
+        return (self._settled.is_set() or (wait_s > 0 and self._settled.wait(wait_s))) and self._confident
+
+
 @dataclass(frozen=True)
 class Tentative:
     """The segment a pause will close unless speech resumes, emitted when its tail is complete."""
 
     segment: Segment  # the very object the confirming output will be
+    verdict: Verdict = field(default_factory=Verdict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -185,9 +236,13 @@ class Segmenter:
     once per stream): one glitch from a device should not kill a live stream. After a forced
     cut the speech goes on in a new segment starting at the cut, held to min_speech_ms like any.
     With `config.speculative`, Tentative and Withdrawn outputs come in between the Segments.
+    `wait_for_verdicts`: the stream is not live (a file replayed as fast as read), so a confident
+    hangover waits for the model's verdict instead of going on without it.
     """
 
-    def __init__(self, config: VadConfig, rate_hz: int, source: str = "") -> None:
+    def __init__(
+        self, config: VadConfig, rate_hz: int, source: str = "", wait_for_verdicts: bool = False
+    ) -> None:
         if not _is_int(rate_hz) or not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
             raise ConfigError(
                 f"{source or 'source'}: sample rate {rate_hz!r} Hz is outside {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz"
@@ -200,6 +255,8 @@ class Segmenter:
         self._frame_len = config.frame_ms * self._vad_rate_hz // 1000  # on the VAD clock
         self._start_frames = math.ceil(config.start_ms / config.frame_ms)
         self._hangover_frames = math.ceil(config.hangover_ms / config.frame_ms)
+        self._confident_frames = math.ceil(config.confident_hangover_ms / config.frame_ms)
+        self._verdict_wait_s = VERDICT_WAIT_S if wait_for_verdicts else 0.0
         self._preroll = config.preroll_ms * rate_hz // 1000
         self._tail = config.tail_ms * rate_hz // 1000
         self._min_speech = config.min_speech_ms * rate_hz // 1000
@@ -220,7 +277,7 @@ class Segmenter:
         self._floor = 0  # end of the last segment: the next may not start before it
         self._last_speech_end: int | None = None  # end of speech of the last segment emitted
         self._needed_speech = self._min_speech  # what the open segment must reach to be kept
-        self._tentative: Segment | None = None  # announced, neither confirmed nor withdrawn yet
+        self._tentative: Tentative | None = None  # announced, neither confirmed nor withdrawn yet
         self.nonfinite_samples = 0
 
     @property
@@ -298,12 +355,12 @@ class Segmenter:
         elif voiced:
             self._unvoiced_run = 0
             if self._tentative is not None:
-                out.append(Withdrawn(self._tentative))
+                out.append(Withdrawn(self._tentative.segment))
                 self._tentative = None
         else:
             self._unvoiced_run += 1
         speech_end = self._boundary(self._next_frame - self._unvoiced_run)
-        if self._unvoiced_run >= self._hangover_frames:
+        if self._unvoiced_run >= self._hangover_frames or self._confident_end():
             self._close(out, min(speech_end + self._tail, frame_end), speech_end)
             return
         if self._boundary(self._next_frame + 1) - self._seg_start > self._max_samples:
@@ -327,8 +384,18 @@ class Segmenter:
             and self._long_enough(speech_end)
         ):
             # The pause has lasted tail_ms: if it lasts the hangover, the segment ends exactly here.
-            self._tentative = self._cut(speech_end + self._tail, speech_end, forced=False)
-            out.append(Tentative(self._tentative))
+            self._tentative = Tentative(self._cut(speech_end + self._tail, speech_end, forced=False))
+            out.append(self._tentative)
+
+    def _confident_end(self) -> bool:
+        """The pause has lasted confident_hangover_ms and the model is sure of the Tentative."""
+        if self._tentative is None or not self._confident_frames:
+            return False
+        if self._unvoiced_run < self._confident_frames:
+            return False
+        # A replay waits at the first frame that may end the segment, and only there.
+        wait_s = self._verdict_wait_s if self._unvoiced_run == self._confident_frames else 0.0
+        return self._tentative.verdict.confident(wait_s)
 
     def _close(self, out: list[SegmenterOutput], end: int, speech_end: int) -> None:
         self._finish(out, end, speech_end)
@@ -339,7 +406,8 @@ class Segmenter:
 
     def _finish(self, out: list[SegmenterOutput], end: int, speech_end: int) -> None:
         """Emit the segment ending at `end` if it has enough speech, answering any Tentative."""
-        tentative, self._tentative = self._tentative, None
+        announced, self._tentative = self._tentative, None
+        tentative = None if announced is None else announced.segment
         if tentative is not None and self._seg_start + tentative.samples.size == end:
             out.append(tentative)  # the confirmation is the announced segment itself
             self._last_speech_end = speech_end

@@ -16,7 +16,7 @@ from intentd.publisher import Result
 from intentd.runner import Pipeline
 from intentd.sources import WavSource
 from intentd.speculation import Speculations
-from intentd.vad import Segment, VadConfig
+from intentd.vad import Segment, Tentative, VadConfig
 from intentd_client.protocol import IntentEvent
 
 # The first request pauses 0.3 s mid-sentence (longer than tail_ms, shorter than the hangover):
@@ -43,12 +43,13 @@ def classifier(tiny_model_nomask: Path) -> Classifier:
 
 
 def replay(
-    classifier: Classifier, wav: Path, speculative: bool, realtime: bool
+    classifier: Classifier, wav: Path, speculative: bool, realtime: bool, vad: VadConfig | None = None
 ) -> tuple[Pipeline, list[IntentEvent]]:
     """The pipeline over `wav` to its end; the pipeline and its events."""
     # One segment per model pass, so that both runs give the model exactly the same inputs
     # (batch-mates would change the float rounding, with or without speculation).
-    cfg = Config(model=ModelConfig(max_batch=1), vad=VadConfig(speculative=speculative))
+    vad = dataclasses.replace(vad or VadConfig(), speculative=speculative)
+    cfg = Config(model=ModelConfig(max_batch=1), vad=vad)
     return run_to_end(cfg, classifier, WavSource(wav, realtime=realtime))
 
 
@@ -79,6 +80,23 @@ def test_as_fast_as_the_file_reads_too(classifier: Classifier, wav: Path) -> Non
     assert pipe.stats()["events"] == pipe.stats()["segments"] == len(plain)
 
 
+def test_a_confident_result_cuts_the_pause_short(classifier: Classifier, wav: Path) -> None:
+    # Every result counts as confident at score 0: the 0.3 s pause in the first request now ends
+    # it (its second half is long enough to stand after a follow-up). A replay waits for each
+    # verdict, so this is what a live daemon whose model keeps up would publish.
+    _, plain = replay(classifier, wav, speculative=True, realtime=False)
+    sure = VadConfig(confident_hangover_ms=240, confident_score=0.0)
+    pipe, early = replay(classifier, wav, speculative=True, realtime=False, vad=sure)
+    assert len(early) == len(plain) + 1 == 2 + len(REQUESTS)
+    assert early[0].end_s <= early[1].start_s < plain[0].end_s
+    assert [published(e) for e in early[2:]] == [published(e) for e in plain[1:]]
+    assert pipe.stats()["speculations_discarded"] == 0
+    # The tiny model is never sure (no score of 1.0): every segment waits out the full hangover.
+    never = dataclasses.replace(sure, confident_score=1.0)
+    _, unsure = replay(classifier, wav, speculative=True, realtime=False, vad=never)
+    assert [published(e) for e in unsure] == [published(e) for e in plain]
+
+
 def segment(source: str = "mic", end_s: float = 2.0) -> Segment:
     """A small segment; only its identity and source matter here."""
     n = int(end_s * 100)
@@ -94,7 +112,7 @@ def test_a_result_finished_before_the_confirmation_is_released_by_it() -> None:
     released: list[Result | None] = []
     specs = Speculations(released.append)
     seg = segment()
-    spec = specs.start(seg)
+    spec = specs.start(Tentative(seg))
     assert specs.wanted(spec)
     specs.finish(spec, result(cut_at=1.0))
     assert released == []
@@ -106,7 +124,7 @@ def test_a_result_confirmed_before_it_is_finished_is_released_by_the_worker() ->
     released: list[Result | None] = []
     specs = Speculations(released.append)
     seg = segment()
-    spec = specs.start(seg)
+    spec = specs.start(Tentative(seg))
     assert specs.confirm(seg, cut_at=5.0)
     assert released == []
     specs.finish(spec, None)  # the model failed on it: the cut segment is lost, and counted
@@ -117,13 +135,25 @@ def test_a_withdrawn_speculation_is_never_released() -> None:
     released: list[Result | None] = []
     specs = Speculations(released.append)
     first, later = segment(end_s=1.0), segment(end_s=2.0)
-    spec = specs.start(first)
+    spec = specs.start(Tentative(first))
     specs.withdraw(first)
     assert not specs.wanted(spec)
     specs.finish(spec, result())
     assert not specs.confirm(first, cut_at=5.0)
     assert not specs.confirm(later, cut_at=5.0), "not speculated: queued like any segment"
-    other = specs.start(segment("net:b"))
+    other = specs.start(Tentative(segment("net:b")))
     specs.finish(other, result("net:b"))
     assert released == []
     assert specs.stats() == {"speculations": 2.0, "speculations_discarded": 1.0}
+
+
+@pytest.mark.parametrize(("outcome", "confident"), [(0.9, True), (0.89, False), (None, False)])
+def test_finishing_settles_the_verdict(outcome: float | None, confident: bool) -> None:
+    specs = Speculations(lambda r: None, confident_score=0.9)
+    tentative = Tentative(segment())
+    spec = specs.start(tentative)
+    assert not tentative.verdict.confident()
+    specs.finish(spec, None if outcome is None else dataclasses.replace(result(), score=outcome))
+    assert tentative.verdict.confident() is confident
+    tentative.verdict.settle(not confident)  # the first answer counts
+    assert tentative.verdict.confident() is confident

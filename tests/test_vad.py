@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from functools import cache
 from itertools import pairwise
 
@@ -241,6 +242,10 @@ def test_rejects_multichannel_or_integer_chunks() -> None:
         {"max_segment_s": 600.0},
         {"max_segment_s": float("nan")},
         {"aggressiveness": True},
+        {"confident_hangover_ms": 240, "speculative": False},
+        {"confident_hangover_ms": 100},  # not longer than tail_ms
+        {"confident_hangover_ms": 480},  # not shorter than the hangover
+        {"confident_score": 1.5},
     ],
 )
 def test_invalid_config_raises(kwargs: dict[str, object]) -> None:
@@ -345,3 +350,61 @@ def test_a_short_afterthought_right_after_a_request_is_no_new_segment(gap_s: flo
 def test_a_whole_request_right_after_another_is_kept() -> None:
     r = speech.recording(["check my balance please", "freeze my card"], rate_hz=16000, gap_s=0.7)
     assert_matches_truth(run(r.samples, 16000), r)
+
+
+CONFIDENT = VadConfig(confident_hangover_ms=240)
+
+
+def cut_after_pause(
+    samples: np.ndarray, confident: bool | None, wait: bool = False, settle_after_s: float = 0.0
+) -> tuple[float, Segment]:
+    """Feed 10 ms chunks until the first Segment: the pause (s) fed by then, and the Segment.
+
+    Each Tentative's verdict is settled as `confident` (None: never), at once or from another
+    thread after `settle_after_s`, as the runner's worker would.
+    """
+    seg = Segmenter(CONFIDENT, 16000, source="test", wait_for_verdicts=wait)
+    for i in range(0, len(samples), 160):
+        for out in seg.process(samples[i : i + 160]):
+            if isinstance(out, Segment):
+                return (i + 160) / 16000 - out.end_of_speech_s, out
+            if isinstance(out, Tentative) and confident is not None:
+                if settle_after_s:
+                    threading.Timer(settle_after_s, out.verdict.settle, (confident,)).start()
+                else:
+                    out.verdict.settle(confident)
+    raise AssertionError("no segment")
+
+
+def test_a_confident_verdict_ends_the_segment_after_the_shorter_pause() -> None:
+    r = speech.recording(["check my balance please"], gap_s=1.5, lead_s=0.5)
+    pause_s, confident = cut_after_pause(r.samples, confident=True)
+    assert CONFIDENT.confident_hangover_ms / 1000 <= pause_s < (CONFIDENT.confident_hangover_ms + 40) / 1000
+    for unsure in (False, None):  # not confident, or no verdict yet: the full hangover
+        pause_s, final = cut_after_pause(r.samples, confident=unsure)
+        assert describe([final]) == describe([confident])  # the same segment, only later
+        assert pause_s >= CONFIDENT.hangover_ms / 1000
+
+
+def test_a_replay_waits_for_the_verdict_and_a_live_stream_does_not() -> None:
+    r = speech.recording(["check my balance please"], gap_s=1.5, lead_s=0.5)
+    pause_s, _ = cut_after_pause(r.samples, confident=True, wait=True, settle_after_s=0.3)
+    assert pause_s < CONFIDENT.hangover_ms / 1000  # waited for the verdict, then cut early
+    pause_s, _ = cut_after_pause(r.samples, confident=True, wait=False, settle_after_s=0.3)
+    assert pause_s >= CONFIDENT.hangover_ms / 1000  # the 10 ms chunks outran the verdict
+
+
+def test_a_confident_cut_splits_a_pause_the_full_hangover_bridges() -> None:
+    # 0.3 s inside one request: bridged by the 480 ms hangover, cut by a 240 ms confident one.
+    r = speech.recording(["please freeze my card", "the one ending in four"], gap_s=0.3, lead_s=0.5)
+    seg = Segmenter(CONFIDENT, 16000, source="test")
+    cuts: list[Segment] = []
+    for i in range(0, len(r.samples), 160):
+        for out in seg.process(r.samples[i : i + 160]):
+            if isinstance(out, Tentative):
+                out.verdict.settle(True)
+            elif isinstance(out, Segment):
+                cuts.append(out)
+    cuts += final_segments(seg.flush())
+    assert len(cuts) == 2 and cuts[0].end_s <= cuts[1].start_s
+    assert len(run(r.samples, 16000, chunk=160, config=CONFIDENT)) == 1  # verdicts never settled
