@@ -1,7 +1,8 @@
 """A running daemon under real-time network streams: latency, capacity and footprint.
 
     .venv/bin/python bench/live.py latency   [--precision fp32 int8] [--hangover-ms 480 240]
-                                             [--speculative on off]
+                                             [--speculative on off] [--confident-hangover-ms 0 240]
+                                             [--confident-score 0.9] [--model models/demo]
     .venv/bin/python bench/live.py capacity  [--precision int8] [--streams 4 8 12 16] [--duration-s 60]
                                  [--device cuda] [--max-batch 64] [--p99-of daemon] [--p99-target-ms 150]
     .venv/bin/python bench/live.py footprint [--precision fp32 int8]
@@ -17,14 +18,18 @@ list (--speculative on off off on, ...) runs in the order given, so one run can 
 cases against load drift. Streams are cached in bench/out/streams (bench/fixtures.py); beyond
 DISTINCT_STREAMS they repeat, and every sender starts at its own offset within STAGGER_S so repeats
 do not speak in unison. A precision may name a runtime: `int8-onnx` is `model.precision = "int8"`,
-`model.runtime = "onnx"`. Capacity's p99 is of end of speech -> event (`total`) or, for a GPU whose
-budget is smaller than any VAD hangover, of the daemon's own cut -> event time (`daemon`).
+`model.runtime = "onnx"`. `--confident-hangover-ms` (latency: every value, in order) sets
+`vad.confident_hangover_ms`; every case counts the events that came before the full hangover
+(`early`) and the utterances whose one event names the intent spoken (`right`: meaningful only
+with a trained `--model`). Capacity's p99 is of end of speech -> event (`total`) or, for a GPU
+whose budget is smaller than any VAD hangover, of the daemon's own cut -> event time (`daemon`).
 Writes bench/out/<command>.{json,png}.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -105,6 +110,7 @@ class Daemon:
         device: str = "cpu",
         max_batch: int = 8,
         cudnn: bool = True,
+        confident: tuple[int, float] = (0, 0.9),
     ) -> None:
         self.audio_ep = f"ipc://{tmp}/audio.sock"
         events_ep = f"ipc://{tmp}/events.sock"
@@ -116,6 +122,7 @@ class Daemon:
             f"cudnn = {str(cudnn).lower()}\n"
             f"[source]\nnet_max_streams = {max_streams}\n"
             f"[vad]\nhangover_ms = {hangover_ms}\nspeculative = {str(speculative).lower()}\n"
+            f"confident_hangover_ms = {confident[0]}\nconfident_score = {confident[1]}\n"
         )
         self.notify = NotifyListener(tmp / "notify.sock")
         self.collected = Collected()
@@ -231,6 +238,7 @@ def run_streams(daemon: Daemon, streams: list[Stream]) -> list[dict[str, object]
             row: dict[str, object] = {
                 "stream": sid,
                 "utterance": k,
+                "intent": s.intents[k],
                 "speech_s": end - start,
                 "events": len(hits),
                 "sender_lag_s": o.get("lag_s", float("nan")),
@@ -239,6 +247,7 @@ def run_streams(daemon: Daemon, streams: list[Stream]) -> list[dict[str, object]
                 t, e = max(hits, key=lambda h: min(h[1].end_s, end) - max(h[1].start_s, start))
                 total_ms = (t - (o["began"] + end)) * 1000.0
                 row.update(
+                    predicted=e.intent,
                     total_ms=total_ms,
                     queue_ms=e.latency_ms.queue,
                     inference_ms=e.latency_ms.inference,
@@ -259,13 +268,15 @@ def percentiles(rows: list[dict[str, object]], key: str) -> dict[str, float]:
     }
 
 
-def summary(rows: list[dict[str, object]], daemon: Daemon) -> dict[str, object]:
+def summary(rows: list[dict[str, object]], daemon: Daemon, hangover_ms: int) -> dict[str, object]:
     """Latency percentiles per component, misses, and the daemon's failure/rejection counters."""
     last = daemon.collected.beats[-1].stats if daemon.collected.beats else {}
     return {
         "utterances": len(rows),
         "missed": sum(r["events"] == 0 for r in rows),
         "split": sum(int(r["events"]) > 1 for r in rows),  # type: ignore[call-overload]
+        "right": sum(r["events"] == 1 and r.get("predicted") == r["intent"] for r in rows),
+        "early": sum(float(r.get("eos_wait_ms", hangover_ms)) < hangover_ms for r in rows),  # type: ignore[arg-type]
         "latency_ms": {
             k: percentiles(rows, k)
             for k in ("total_ms", "eos_wait_ms", "queue_ms", "inference_ms", "daemon_ms")
@@ -304,6 +315,7 @@ def one_case(
     device: str = "cpu",
     max_batch: int = 8,
     cudnn: bool = True,
+    confident: tuple[int, float] = (0, 0.9),
 ) -> dict[str, object]:
     """Start a daemon, stream `n_streams` synthetic streams through it, stop it; the summary."""
     streams = [
@@ -322,9 +334,10 @@ def one_case(
             device,
             max_batch,
             cudnn,
+            confident,
         )
         try:
-            res = summary(run_streams(daemon, streams), daemon)
+            res = summary(run_streams(daemon, streams), daemon, hangover_ms)
         finally:
             daemon.stop()
     case = {
@@ -335,6 +348,9 @@ def one_case(
         "threads": threads,
         "hangover_ms": hangover_ms,
         "speculative": speculative,
+        "confident_hangover_ms": confident[0],
+        "confident_score": confident[1],
+        "model": model.name,
         "streams": n_streams,
         "duration_s": duration_s,
         "machine": load,
@@ -384,6 +400,7 @@ def plot(
         x = [
             f"{i}. {c['precision']} t{c['threads']}\nh{c['hangover_ms']} n{c['streams']}"
             + ("\nspec" if c["speculative"] else "\nno spec")
+            + (f" c{c['confident_hangover_ms']}" if c.get("confident_hangover_ms") else "")
             for i, c in enumerate(cases, 1)
         ]
         for q in ("p50", "p95", "p99"):
@@ -413,6 +430,15 @@ def main() -> int:
         default=["on"],
         help="vad.speculative per case (latency: every value, in order; others: the first)",
     )
+    ap.add_argument(
+        "--confident-hangover-ms",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="vad.confident_hangover_ms per case (latency: every value, in order; others: the first)",
+    )
+    ap.add_argument("--confident-score", type=float, default=0.9, help="vad.confident_score")
+    ap.add_argument("--model", type=Path, default=None, help="default: wav2vec2-base, random init")
     ap.add_argument("--streams", type=int, nargs="+", default=[4, 8, 12, 16])
     ap.add_argument("--duration-s", type=float, default=None)
     ap.add_argument("--threads", type=int, nargs="+", default=[0], help="model.threads (0: torch's default)")
@@ -423,24 +449,25 @@ def main() -> int:
     ap.add_argument("--p99-target-ms", type=float, default=P99_TARGET_MS)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    model = base_checkpoint()
+    model = args.model or base_checkpoint()
+    latency = args.command == "latency"
     cases: list[dict[str, object]] = []
     duration_s = args.duration_s or {"latency": 120.0, "capacity": 60.0, "footprint": 10.0}[args.command]
     gaps = SPEECH_GAPS_S["capacity" if args.command == "capacity" else "latency"]
     for precision in args.precision or (["int8"] if args.command == "capacity" else ["fp32", "int8"]):
         for threads in args.threads:
-            for h in args.hangover_ms if args.command == "latency" else args.hangover_ms[:1]:
-                for spec in args.speculative if args.command == "latency" else args.speculative[:1]:
-                    for n in sorted(args.streams) if args.command == "capacity" else [1]:
-                        case = one_case(
-                            model, precision, h, spec == "on", n, duration_s, gaps, threads,
-                            args.device, args.max_batch, args.cudnn == "on",
-                        )  # fmt: skip
-                        cases.append(case)
-                        if args.command == "capacity":
-                            case["ok"] = ok_capacity(case, args.p99_of, args.p99_target_ms)
-                            if not case["ok"]:
-                                break
+            vad = (args.hangover_ms, args.speculative, args.confident_hangover_ms)
+            for h, spec, ch in itertools.product(*(v if latency else v[:1] for v in vad)):
+                for n in sorted(args.streams) if args.command == "capacity" else [1]:
+                    case = one_case(
+                        model, precision, h, spec == "on", n, duration_s, gaps, threads,
+                        args.device, args.max_batch, args.cudnn == "on", (ch, args.confident_score),
+                    )  # fmt: skip
+                    cases.append(case)
+                    if args.command == "capacity":
+                        case["ok"] = ok_capacity(case, args.p99_of, args.p99_target_ms)
+                        if not case["ok"]:
+                            break
     out = args.out or OUT_DIR / f"{args.command}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, object] = {"command": args.command, "machine_end": machine_load(), "cases": cases}
