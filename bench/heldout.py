@@ -277,7 +277,11 @@ def score_streams(
         st = assemble_stream((speech[voice][i] for i in order), STREAM_RATE_HZ, args.snr_db, rng, GAP_RANGE_S)
         sf.write(str(out / "streams" / f"{voice}.wav"), st.samples, STREAM_RATE_HZ, subtype=PCM_SUBTYPE)
         print(f"replaying {st.samples.size / STREAM_RATE_HZ:.0f} s of {voice}", file=sys.stderr)
-        events = replay(st, args.model, args.hangover_ms)
+        confident = {
+            "confident_hangover_ms": args.confident_hangover_ms,
+            "confident_score": args.confident_score,
+        }
+        events = replay(st, args.model, args.hangover_ms, **confident)
         (out / "streams" / f"{voice}.events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
         summary["segmentation"][voice] = score(st.spans_s, [(e["start_s"], e["end_s"]) for e in events])
         summary["audio_s"][voice] = round(st.samples.size / STREAM_RATE_HZ, 1)
@@ -325,6 +329,8 @@ def run(args: argparse.Namespace) -> dict:
         "per_phrasing": args.per_phrasing,
         "snr_db": args.snr_db,
         "hangover_ms": args.hangover_ms,
+        "confident_hangover_ms": args.confident_hangover_ms,
+        "confident_score": args.confident_score,
         "clip_rate_hz": args.clip_rate_hz,
         "seed": args.seed,
         "voices": [f"festival:{voice}" for voice in VOICES],
@@ -356,6 +362,16 @@ def main() -> int:
         type=int,
         default=VadConfig().hangover_ms,
         help="vad.hangover_ms of the stream's replay (default: the daemon's)",
+    )
+    ap.add_argument(
+        "--confident-hangover-ms",
+        type=int,
+        default=VadConfig().confident_hangover_ms,
+        help="vad.confident_hangover_ms of the replay (default: the daemon's); the replay waits for "
+        "each speculation's verdict, so it cuts where a live daemon whose model keeps up would",
+    )
+    ap.add_argument(
+        "--confident-score", type=float, default=VadConfig().confident_score, help="vad.confident_score"
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "heldout")
     args = ap.parse_args()

@@ -65,13 +65,18 @@ def segment_in_process(st: Stream, vad: VadConfig) -> list[dict[str, float]]:
     return [{"start_s": s.start_s, "end_s": s.end_s} for s in final_segments(out)]
 
 
-def replay(st: Stream, model: str | None, hangover_ms: int) -> list[dict[str, float]]:
-    """`intentd replay` over the stream written as a 16-bit WAV; its JSON events."""
+def replay(st: Stream, model: str | None, hangover_ms: int, **vad: float) -> list[dict[str, float]]:
+    """`intentd replay` over the stream written as a 16-bit WAV; its JSON events.
+
+    `vad` sets more keys of the [vad] section (e.g. confident_hangover_ms=240).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "stream.wav"
         sf.write(str(wav), st.samples, st.rate_hz, subtype="PCM_16")
         config = Path(tmp) / "intentd.toml"
-        config.write_text(f"[vad]\nhangover_ms = {hangover_ms}\n")
+        config.write_text(
+            "[vad]\n" + "".join(f"{k} = {v}\n" for k, v in {"hangover_ms": hangover_ms, **vad}.items())
+        )
         cmd = [
             str(INTENTD),
             "replay",
