@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
-from typing import Any
-
 import numpy as np
 import pytest
 from speech import ESPEAK_RATE_HZ, say
@@ -37,25 +34,6 @@ def test_share_ramps_from_clean_to_the_configured_maximum(clip: np.ndarray) -> N
     augmenter.set_progress(0.9)
     assert augmenter.share == pytest.approx(0.8)
     assert 0.7 < _changed_share(augmenter, clip) < 0.9
-
-
-def _changed_share_after(go: Any, augmenter: Augmenter, clip: np.ndarray, out: Any) -> None:
-    go.wait(30)
-    out.put(_changed_share(augmenter, clip))
-
-
-def test_a_forked_loader_worker_follows_the_ramp(clip: np.ndarray) -> None:
-    # `--loader-workers`: the worker is forked before training moves the ramp.
-    augmenter = Augmenter(AugmentConfig(clean_until=0.2, full_from=0.6, max_share=1.0), seed=0)
-    augmenter.set_progress(0.0)
-    fork = multiprocessing.get_context("fork")
-    go, out = fork.Event(), fork.Queue()
-    worker = fork.Process(target=_changed_share_after, args=(go, augmenter, clip, out))
-    worker.start()
-    augmenter.set_progress(1.0)
-    go.set()
-    assert out.get(timeout=30) == 1.0  # every clip augmented, as the training process now asks
-    worker.join(10)
 
 
 def test_an_augmented_clip_stays_float32_and_unclipped(clip: np.ndarray) -> None:

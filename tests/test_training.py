@@ -156,13 +156,12 @@ def test_output_folder_is_a_loadable_checkpoint_with_reports(trained: Path) -> N
 
 
 def test_augmented_run_trains(corpus: Path, tmp_path: Path) -> None:
-    """One epoch with on-the-fly augmentation in a loader worker: it runs and saves a model."""
+    """One epoch with on-the-fly augmentation: the transform path runs and saves a model."""
     out = tmp_path / "aug"
     r = train("--data", str(corpus), "--from-config", "tiny", "--epochs", "1", "--augment",
-              "--loader-workers", "1", "--output", str(out))  # fmt: skip
+              "--output", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    config = json.loads((out / "metrics.json").read_text())["config"]
-    assert config["augment"] is not None and config["loader_workers"] == 1
+    assert json.loads((out / "metrics.json").read_text())["config"]["augment"] is not None
 
 
 def test_local_checkpoint_stands_in_for_a_hub_id(corpus: Path, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,20 +43,13 @@ class Augmenter:
     def __init__(self, config: AugmentConfig, seed: int) -> None:
         self.config = config
         self.rng = np.random.default_rng(seed)
-        # AugmentRamp moves it in the training process; shared memory, so that data loader
-        # workers forked from it see each move.
-        self._share = multiprocessing.RawValue("d", config.max_share)
-
-    @property
-    def share(self) -> float:
-        """The fraction of clips augmented now."""
-        return float(self._share.value)
+        self.share = config.max_share  # AugmentRamp moves it during training
 
     def set_progress(self, fraction: float) -> None:
         """Set the augmented share for training progress `fraction` (0 start, 1 end)."""
         c = self.config
         ramp = (fraction - c.clean_until) / max(c.full_from - c.clean_until, 1e-9)
-        self._share.value = c.max_share * min(1.0, max(0.0, ramp))
+        self.share = c.max_share * min(1.0, max(0.0, ramp))
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
         """Return an augmented copy of a 16 kHz float32 clip (or a plain copy, 1 - share of the time)."""

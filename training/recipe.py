@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
@@ -95,12 +94,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--test-fraction", type=float, help="share of clips held out (default 0.2)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument(
-        "--loader-workers",
-        type=int,
-        help="processes that read and augment the next batches while the model steps; needs "
-        "fork, so Linux (default 0: between steps, in the training process)",
-    )
     p.add_argument("--push-to-hub", action="store_true", help="upload the result (needs a login)")
     p.add_argument("--hub-model-id", help="repository name for --push-to-hub")
     p.add_argument(
@@ -145,7 +138,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "test_fraction": args.test_fraction,
         "time_budget_min": args.time_budget_min,
         "num_threads": args.threads,
-        "loader_workers": args.loader_workers,
         "hub_model_id": args.hub_model_id,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
@@ -181,10 +173,6 @@ def _validate(c: TrainConfig) -> None:
         raise IntentdError(f"--ctc-weight {c.ctc_weight} must be >= 0")
     if not (0.0 <= c.mask_time_prob < 1.0 and 0.0 <= c.mask_feature_prob < 1.0):
         raise IntentdError("--mask-time-prob and --mask-feature-prob must be in [0, 1)")
-    if c.loader_workers < 0:
-        raise IntentdError(f"--loader-workers {c.loader_workers} must be >= 0")
-    if c.loader_workers and "fork" not in multiprocessing.get_all_start_methods():
-        raise IntentdError("--loader-workers needs the fork start method (Linux); use 0 here")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -271,11 +259,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         push_to_hub=config.push_to_hub and not use_ctc,
         hub_model_id=config.hub_model_id,
         use_cpu=not torch.cuda.is_available(),
-        # Forked workers share the augmenter's ramp (augment.Augmenter.share) with this process
-        # and, kept for the whole run, carry their random streams on from epoch to epoch.
-        dataloader_num_workers=config.loader_workers,
-        dataloader_persistent_workers=config.loader_workers > 0,
-        dataloader_multiprocessing_context="fork" if config.loader_workers else None,
+        dataloader_num_workers=0,
     )
     classifier = model
     if use_ctc:

@@ -122,9 +122,6 @@ class TrainConfig:
     push_to_hub: bool = False
     hub_model_id: str | None = None
     num_threads: int | None = None
-    # Processes that read and augment batches beside the training step (forked, so Linux);
-    # 0: the training process does it between steps.
-    loader_workers: int = 0
     extra_eval: bool = True  # also score unseen-voice-only and unseen-phrasing-only clips
     preset: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
