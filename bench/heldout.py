@@ -1,11 +1,13 @@
 """Held-out intent accuracy the way issue #3 judges it: an unseen synthesizer, unseen phrasings, noise.
 
     .venv/bin/python bench/heldout.py [--model DIR] [--per-phrasing 2] [--snr-db 20] [--seed 0]
-                                      [--hangover-ms 480] [--out bench/out/heldout]
+                                      [--hangover-ms 480] [--also-unseen-by DIR] [--out bench/out/heldout]
 
 Takes the model's held-out phrasings (`DIR/metrics.json`: split.test_phrasings), renders each
 `--per-phrasing` times with the corpus's slot filler and speaks every text with two festival voices
-(a synthesizer the corpus does not use). Then scores both of the issue's paths:
+(a synthesizer the corpus does not use). `--also-unseen-by OTHER` keeps only the phrasings OTHER held
+out too: run once per model, each naming the other, and both score the very same utterances. Then
+scores both of the issue's paths:
 
 - clips: 8 kHz 16-bit WAVs with pink noise at `--snr-db` (OUT/clips/<voice>/), through
   `intentd classify`; right when the top-1 intent is the true one;
@@ -69,8 +71,8 @@ class Utterance:
     name: str  # file stem: "<phrasing id>-<k>"
 
 
-def heldout_utterances(model_dir: Path, per_phrasing: int, seed: int) -> tuple[list[Utterance], list[str]]:
-    """The texts to speak, and the held-out phrasing ids no phrasing file has any more."""
+def held_out_phrasings(model_dir: Path) -> tuple[list[str], list[str]]:
+    """A checkpoint's held-out phrasings ("<label index>/<phrasing id>") and its labels."""
     metrics_path = model_dir / "metrics.json"
     try:
         metrics = json.loads(metrics_path.read_text())
@@ -81,7 +83,22 @@ def heldout_utterances(model_dir: Path, per_phrasing: int, seed: int) -> tuple[l
         raise HeldoutError(
             f"{metrics_path} has no split.test_phrasings; retrain with a phrasing-held-out split"
         )
-    labels = metrics.get("labels") or list(INTENTS)
+    return test_ids, metrics.get("labels") or list(INTENTS)
+
+
+def heldout_utterances(
+    model_dir: Path, per_phrasing: int, seed: int, also_unseen_by: Path | None = None
+) -> tuple[list[Utterance], list[str]]:
+    """The texts to speak, and the held-out phrasing ids no phrasing file has any more."""
+    metrics_path = model_dir / "metrics.json"
+    test_ids, labels = held_out_phrasings(model_dir)
+    if also_unseen_by is not None:
+        other_ids, other_labels = held_out_phrasings(also_unseen_by)
+        if other_labels != labels:
+            raise HeldoutError(f"{also_unseen_by} and {model_dir} have different labels")
+        test_ids = [t for t in test_ids if t in set(other_ids)]
+        if not test_ids:
+            raise HeldoutError(f"{model_dir} and {also_unseen_by} hold out no phrasing in common")
     wanted: list[tuple[str, str]] = []
     for entry in test_ids:
         index, _, pid = entry.partition("/")
@@ -300,7 +317,9 @@ def run(args: argparse.Namespace) -> dict:
     """Synthesise, classify and replay; the report."""
     if shutil.which(TEXT2WAVE) is None:
         raise HeldoutError(f"{TEXT2WAVE} (festival) not found; apt-get install {FESTIVAL_PACKAGES}")
-    utterances, missing = heldout_utterances(Path(args.model), args.per_phrasing, args.seed)
+    utterances, missing = heldout_utterances(
+        Path(args.model), args.per_phrasing, args.seed, args.also_unseen_by
+    )
     if missing:
         print(
             f"warning: {len(missing)} held-out phrasings are no longer in the phrasing files: "
@@ -333,6 +352,7 @@ def run(args: argparse.Namespace) -> dict:
         "confident_score": args.confident_score,
         "clip_rate_hz": args.clip_rate_hz,
         "seed": args.seed,
+        "also_unseen_by": args.also_unseen_by and str(args.also_unseen_by),
         "voices": [f"festival:{voice}" for voice in VOICES],
         "phrasings": len(utterances) // args.per_phrasing,
         "missing_phrasings": missing,
@@ -372,6 +392,11 @@ def main() -> int:
     )
     ap.add_argument(
         "--confident-score", type=float, default=VadConfig().confident_score, help="vad.confident_score"
+    )
+    ap.add_argument(
+        "--also-unseen-by",
+        type=Path,
+        help="only the phrasings this other checkpoint held out too (a paired comparison)",
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "heldout")
     args = ap.parse_args()
