@@ -1,13 +1,13 @@
 """Held-out intent accuracy the way issue #3 judges it: an unseen synthesizer, unseen phrasings, noise.
 
     .venv/bin/python bench/heldout.py [--model DIR] [--per-phrasing 2] [--snr-db 20] [--seed 0]
-                                      [--hangover-ms 480] [--also-unseen-by DIR] [--out bench/out/heldout]
+                                      [--hangover-ms 480] [--phrasings FILE] [--out bench/out/heldout]
 
 Takes the model's held-out phrasings (`DIR/metrics.json`: split.test_phrasings), renders each
 `--per-phrasing` times with the corpus's slot filler and speaks every text with two festival voices
-(a synthesizer the corpus does not use). `--also-unseen-by OTHER` keeps only the phrasings OTHER held
-out too: run once per model, each naming the other, and both score the very same utterances. Then
-scores both of the issue's paths:
+(a synthesizer the corpus does not use). `--phrasings FILE` speaks the phrasings a JSON list names
+instead (entries as in split.test_phrasings): give two models the phrasings neither trained on,
+and both score the very same utterances. Then scores both of the issue's paths:
 
 - clips: 8 kHz 16-bit WAVs with pink noise at `--snr-db` (OUT/clips/<voice>/), through
   `intentd classify`; right when the top-1 intent is the true one;
@@ -87,18 +87,17 @@ def held_out_phrasings(model_dir: Path) -> tuple[list[str], list[str]]:
 
 
 def heldout_utterances(
-    model_dir: Path, per_phrasing: int, seed: int, also_unseen_by: Path | None = None
+    model_dir: Path, per_phrasing: int, seed: int, phrasings: Path | None = None
 ) -> tuple[list[Utterance], list[str]]:
     """The texts to speak, and the held-out phrasing ids no phrasing file has any more."""
     metrics_path = model_dir / "metrics.json"
     test_ids, labels = held_out_phrasings(model_dir)
-    if also_unseen_by is not None:
-        other_ids, other_labels = held_out_phrasings(also_unseen_by)
-        if other_labels != labels:
-            raise HeldoutError(f"{also_unseen_by} and {model_dir} have different labels")
-        test_ids = [t for t in test_ids if t in set(other_ids)]
-        if not test_ids:
-            raise HeldoutError(f"{model_dir} and {also_unseen_by} hold out no phrasing in common")
+    if phrasings is not None:
+        metrics_path = phrasings
+        try:
+            test_ids = sorted(json.loads(phrasings.read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise HeldoutError(f"cannot read a JSON list of phrasings from {phrasings}: {e}") from e
     wanted: list[tuple[str, str]] = []
     for entry in test_ids:
         index, _, pid = entry.partition("/")
@@ -317,9 +316,7 @@ def run(args: argparse.Namespace) -> dict:
     """Synthesise, classify and replay; the report."""
     if shutil.which(TEXT2WAVE) is None:
         raise HeldoutError(f"{TEXT2WAVE} (festival) not found; apt-get install {FESTIVAL_PACKAGES}")
-    utterances, missing = heldout_utterances(
-        Path(args.model), args.per_phrasing, args.seed, args.also_unseen_by
-    )
+    utterances, missing = heldout_utterances(Path(args.model), args.per_phrasing, args.seed, args.phrasings)
     if missing:
         print(
             f"warning: {len(missing)} held-out phrasings are no longer in the phrasing files: "
@@ -352,7 +349,7 @@ def run(args: argparse.Namespace) -> dict:
         "confident_score": args.confident_score,
         "clip_rate_hz": args.clip_rate_hz,
         "seed": args.seed,
-        "also_unseen_by": args.also_unseen_by and str(args.also_unseen_by),
+        "phrasings_file": args.phrasings and str(args.phrasings),
         "voices": [f"festival:{voice}" for voice in VOICES],
         "phrasings": len(utterances) // args.per_phrasing,
         "missing_phrasings": missing,
@@ -394,9 +391,10 @@ def main() -> int:
         "--confident-score", type=float, default=VadConfig().confident_score, help="vad.confident_score"
     )
     ap.add_argument(
-        "--also-unseen-by",
+        "--phrasings",
         type=Path,
-        help="only the phrasings this other checkpoint held out too (a paired comparison)",
+        help="JSON list of phrasings to speak instead of the model's held-out ones, e.g. those two "
+        "models both never trained on (a paired comparison)",
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "heldout")
     args = ap.parse_args()
