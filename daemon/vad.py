@@ -257,6 +257,7 @@ class Segmenter:
         self._hangover_frames = math.ceil(config.hangover_ms / config.frame_ms)
         self._confident_frames = math.ceil(config.confident_hangover_ms / config.frame_ms)
         self._verdict_wait_s = VERDICT_WAIT_S if wait_for_verdicts else 0.0
+        self._handing_out = True  # False in flush: a Tentative made there is never handed out first
         self._preroll = config.preroll_ms * rate_hz // 1000
         self._tail = config.tail_ms * rate_hz // 1000
         self._min_speech = config.min_speech_ms * rate_hz // 1000
@@ -301,14 +302,23 @@ class Segmenter:
             self.nonfinite_samples += int(bad.sum())
             x = np.where(bad, np.float32(0.0), x)
         self._buf.append(x)
+        return self._step_all(handing_out=True)
+
+    def _step_all(self, handing_out: bool) -> list[SegmenterOutput]:
+        """Decide every complete frame received; with `handing_out`, a replay's Tentative stops it."""
         out: list[SegmenterOutput] = []
+        self._handing_out = handing_out
         while self._boundary(self._next_frame + 1) <= self._buf.end:
             self._step(out)
+            if handing_out and self._verdict_wait_s and out and isinstance(out[-1], Tentative):
+                # A verdict can only come once the caller has the Tentative: the frames after it
+                # wait for the next call (the next chunk, or flush).
+                break
         return out
 
     def flush(self) -> list[SegmenterOutput]:
         """End of stream: emit the segment in progress if long enough (confirming a Tentative); reset."""
-        out: list[SegmenterOutput] = []
+        out = self._step_all(handing_out=False)  # frames a replay's Tentative left undecided
         if self._in_speech:
             received = self._buf.end
             if self._unvoiced_run == 0:
@@ -394,7 +404,8 @@ class Segmenter:
         if self._unvoiced_run < self._confident_frames:
             return False
         # A replay waits at the first frame that may end the segment, and only there.
-        wait_s = self._verdict_wait_s if self._unvoiced_run == self._confident_frames else 0.0
+        first = self._unvoiced_run == self._confident_frames
+        wait_s = self._verdict_wait_s if first and self._handing_out else 0.0
         return self._tentative.verdict.confident(wait_s)
 
     def _close(self, out: list[SegmenterOutput], end: int, speech_end: int) -> None:

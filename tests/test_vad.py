@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import speech
 
+from intentd import vad
 from intentd.errors import ConfigError
 from intentd.vad import (
     Segment,
@@ -392,6 +393,24 @@ def test_a_replay_waits_for_the_verdict_and_a_live_stream_does_not() -> None:
     assert pause_s < CONFIDENT.hangover_ms / 1000  # waited for the verdict, then cut early
     pause_s, _ = cut_after_pause(r.samples, confident=True, wait=False, settle_after_s=0.3)
     assert pause_s >= CONFIDENT.hangover_ms / 1000  # the 10 ms chunks outran the verdict
+
+
+def test_a_replay_hands_out_each_tentative_before_waiting_for_its_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Chunks of 3 s hold the pause's Tentative and its confident frame alike: the segmenter must
+    # return the Tentative (for the worker to judge) before it waits at that frame.
+    monkeypatch.setattr(vad, "VERDICT_WAIT_S", 2.0)
+    r = speech.recording(["please freeze my card", "the one ending in four"], gap_s=0.3, lead_s=0.5)
+    seg = Segmenter(CONFIDENT, 16000, source="test", wait_for_verdicts=True)
+    outs: list[SegmenterOutput] = []
+    for i in range(0, len(r.samples), 48000):
+        outs += seg.process(r.samples[i : i + 48000])
+        for out in outs:
+            if isinstance(out, Tentative):
+                out.verdict.settle(True)  # a worker that keeps up
+    outs += seg.flush()
+    assert len(final_segments(outs)) == 2  # cut at the pause, as a live daemon would
 
 
 def test_a_confident_cut_splits_a_pause_the_full_hangover_bridges() -> None:
