@@ -57,6 +57,7 @@ DEFAULT_MAX_STALL_S = 10.0  # no frames, or one batch running, this long means t
 MAX_CONSECUTIVE_BATCH_FAILURES = 3
 RECOVER_FIRST_BACKOFF_S = 0.5
 RECOVER_MAX_BACKOFF_S = 5.0
+NO_SAMPLES = np.zeros(0, np.float32)
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,9 @@ class Pipeline:
             )
         for out in seg.process(chunk.samples):
             self._route(out)
+        while seg.undecided:  # a replay handed out a Tentative first: on to the frames after it
+            for out in seg.process(NO_SAMPLES):
+                self._route(out)
         if chunk.final:
             for out in segmenters.pop(chunk.source).flush():
                 self._route(out)

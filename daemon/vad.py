@@ -257,7 +257,6 @@ class Segmenter:
         self._hangover_frames = math.ceil(config.hangover_ms / config.frame_ms)
         self._confident_frames = math.ceil(config.confident_hangover_ms / config.frame_ms)
         self._verdict_wait_s = VERDICT_WAIT_S if wait_for_verdicts else 0.0
-        self._handing_out = True  # False in flush: a Tentative made there is never handed out first
         self._preroll = config.preroll_ms * rate_hz // 1000
         self._tail = config.tail_ms * rate_hz // 1000
         self._min_speech = config.min_speech_ms * rate_hz // 1000
@@ -279,6 +278,8 @@ class Segmenter:
         self._last_speech_end: int | None = None  # end of speech of the last segment emitted
         self._needed_speech = self._min_speech  # what the open segment must reach to be kept
         self._tentative: Tentative | None = None  # announced, neither confirmed nor withdrawn yet
+        self._handed_out = False  # the caller has the Tentative (a replay may wait for its verdict)
+        self._waited = False  # a replay waits for a Tentative's verdict once
         self.nonfinite_samples = 0
 
     @property
@@ -294,7 +295,7 @@ class Segmenter:
             raise ValueError(f"Segmenter takes 1-D float mono audio, got {x.dtype} of shape {x.shape}")
         x = x.astype(np.float32, copy=False)
         if x.size == 0:
-            return []
+            return self._step_all(handing_out=True)  # frames a replay's Tentative left undecided
         bad = ~np.isfinite(x)
         if bad.any():
             if self.nonfinite_samples == 0:
@@ -304,11 +305,16 @@ class Segmenter:
         self._buf.append(x)
         return self._step_all(handing_out=True)
 
+    @property
+    def undecided(self) -> bool:
+        """Complete frames wait for the next call: a replay handed out a Tentative before them."""
+        return self._boundary(self._next_frame + 1) <= self._buf.end
+
     def _step_all(self, handing_out: bool) -> list[SegmenterOutput]:
         """Decide every complete frame received; with `handing_out`, a replay's Tentative stops it."""
         out: list[SegmenterOutput] = []
-        self._handing_out = handing_out
-        while self._boundary(self._next_frame + 1) <= self._buf.end:
+        self._handed_out = self._tentative is not None  # returned by the call before
+        while self.undecided:
             self._step(out)
             if handing_out and self._verdict_wait_s and out and isinstance(out[-1], Tentative):
                 # A verdict can only come once the caller has the Tentative: the frames after it
@@ -395,6 +401,7 @@ class Segmenter:
         ):
             # The pause has lasted tail_ms: if it lasts the hangover, the segment ends exactly here.
             self._tentative = Tentative(self._cut(speech_end + self._tail, speech_end, forced=False))
+            self._handed_out = self._waited = False
             out.append(self._tentative)
 
     def _confident_end(self) -> bool:
@@ -403,9 +410,11 @@ class Segmenter:
             return False
         if self._unvoiced_run < self._confident_frames:
             return False
-        # A replay waits at the first frame that may end the segment, and only there.
-        first = self._unvoiced_run == self._confident_frames
-        wait_s = self._verdict_wait_s if first and self._handing_out else 0.0
+        # A replay waits once, at the first frame that may end the segment after the caller has
+        # the Tentative (never for one made in flush, which the caller cannot have yet).
+        wait_s = 0.0
+        if self._handed_out and not self._waited:
+            wait_s, self._waited = self._verdict_wait_s, True
         return self._tentative.verdict.confident(wait_s)
 
     def _close(self, out: list[SegmenterOutput], end: int, speech_end: int) -> None:

@@ -395,6 +395,22 @@ def test_a_replay_waits_for_the_verdict_and_a_live_stream_does_not() -> None:
     assert pause_s >= CONFIDENT.hangover_ms / 1000  # the 10 ms chunks outran the verdict
 
 
+def replayed(samples: np.ndarray, config: VadConfig, chunk: int, settle_s: float = 0) -> list[Segment]:
+    """The segments of a replay (waiting for verdicts) fed like the runner: each Tentative's
+    verdict settled confident by a worker, and undecided frames taken up before the next chunk."""
+    seg = Segmenter(config, 16000, source="test", wait_for_verdicts=True)
+    outs: list[SegmenterOutput] = []
+    for i in range(0, len(samples), chunk):
+        new = seg.process(samples[i : i + chunk])
+        while new:
+            for out in new:
+                if isinstance(out, Tentative):
+                    threading.Timer(settle_s, out.verdict.settle, (True,)).start()
+            outs += new
+            new = seg.process(np.zeros(0, np.float32)) if seg.undecided else []
+    return final_segments(outs + seg.flush())
+
+
 def test_a_replay_hands_out_each_tentative_before_waiting_for_its_verdict(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -402,15 +418,18 @@ def test_a_replay_hands_out_each_tentative_before_waiting_for_its_verdict(
     # return the Tentative (for the worker to judge) before it waits at that frame.
     monkeypatch.setattr(vad, "VERDICT_WAIT_S", 2.0)
     r = speech.recording(["please freeze my card", "the one ending in four"], gap_s=0.3, lead_s=0.5)
-    seg = Segmenter(CONFIDENT, 16000, source="test", wait_for_verdicts=True)
-    outs: list[SegmenterOutput] = []
-    for i in range(0, len(r.samples), 48000):
-        outs += seg.process(r.samples[i : i + 48000])
-        for out in outs:
-            if isinstance(out, Tentative):
-                out.verdict.settle(True)  # a worker that keeps up
-    outs += seg.flush()
-    assert len(final_segments(outs)) == 2  # cut at the pause, as a live daemon would
+    assert len(replayed(r.samples, CONFIDENT, chunk=48000)) == 2  # cut at the pause, as live would
+
+
+@pytest.mark.parametrize(("tail_ms", "confident_ms"), [(120, 240), (100, 110)])
+def test_a_replay_cuts_the_same_whatever_the_chunks_and_worker_speed(tail_ms: int, confident_ms: int) -> None:
+    # 100 and 110 ms round to the same 30 ms frame: the replay then waits at the frame after.
+    config = VadConfig(tail_ms=tail_ms, confident_hangover_ms=confident_ms)
+    r = speech.recording(["please freeze my card", "the one ending in four"], gap_s=0.3)
+    fast = describe(replayed(r.samples, config, chunk=1600))
+    assert len(fast) == 2  # cut at the pause
+    assert describe(replayed(r.samples, config, chunk=1600, settle_s=0.2)) == fast
+    assert describe(replayed(r.samples, config, chunk=len(r.samples), settle_s=0.2)) == fast
 
 
 def test_a_confident_cut_splits_a_pause_the_full_hangover_bridges() -> None:
