@@ -294,8 +294,6 @@ class Segmenter:
             # Integer PCM would pass as wildly loud floats; audio.to_mono_float32 converts it.
             raise ValueError(f"Segmenter takes 1-D float mono audio, got {x.dtype} of shape {x.shape}")
         x = x.astype(np.float32, copy=False)
-        if x.size == 0:
-            return self._step_all(handing_out=True)  # frames a replay's Tentative left undecided
         bad = ~np.isfinite(x)
         if bad.any():
             if self.nonfinite_samples == 0:
@@ -303,6 +301,7 @@ class Segmenter:
             self.nonfinite_samples += int(bad.sum())
             x = np.where(bad, np.float32(0.0), x)
         self._buf.append(x)
+        # Empty chunks too: they decide the frames a replay's Tentative left undecided.
         return self._step_all(handing_out=True)
 
     @property
