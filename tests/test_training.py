@@ -19,6 +19,8 @@ from speech import convert_rate
 from intentd.audio import read_wav
 from intentd.resample import resample
 from intentd.speak import speak
+from intentd_train.averaging import WARMUP_UPDATES, WeightAverage
+from intentd_train.recipe import LAST_STEP_DIR
 
 CORPUS_RATE_HZ = 8000
 # Four intents, two phrasings each: the tiny run must learn words, not recordings.
@@ -155,13 +157,42 @@ def test_output_folder_is_a_loadable_checkpoint_with_reports(trained: Path) -> N
     assert not [k for k in keys if "ctc" in k]
 
 
-def test_augmented_run_trains(corpus: Path, tmp_path: Path) -> None:
-    """One epoch with on-the-fly augmentation: the transform path runs and saves a model."""
+def test_augmented_averaged_run_trains(corpus: Path, tmp_path: Path) -> None:
+    """One epoch with on-the-fly augmentation and a weight average: the run saves the average,
+    and the last step's weights beside it, both scored in metrics.json."""
     out = tmp_path / "aug"
     r = train("--data", str(corpus), "--from-config", "tiny", "--epochs", "1", "--augment",
-              "--output", str(out))  # fmt: skip
+              "--average-decay", "0.5", "--output", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads((out / "metrics.json").read_text())["config"]["augment"] is not None
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["augment"] is not None
+    assert metrics["config"]["average_decay"] == 0.5
+    assert metrics["diagnostics"][LAST_STEP_DIR]["clips"] == metrics["test_clips"]
+    saved, last = _weights(out), _weights(out / LAST_STEP_DIR)
+    assert saved.keys() == last.keys()
+    assert any(not torch.equal(saved[k], last[k]) for k in saved)  # the average, not the last step
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_weight_average_follows_its_decay() -> None:
+    layer = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+    average = WeightAverage(layer, decay=0.5)
+    expected = 0.0
+    for n, value in enumerate((4.0, 8.0, 2.0, 6.0), start=1):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        average.update()
+        decay = min(0.5, (1 + n) / (WARMUP_UPDATES + n))
+        expected = decay * expected + (1 - decay) * value
+    assert average.average["weight"].item() == pytest.approx(expected)
+    average.load_into_module()
+    assert layer.weight.item() == pytest.approx(expected)
 
 
 def test_local_checkpoint_stands_in_for_a_hub_id(corpus: Path, tmp_path: Path) -> None:
@@ -233,3 +264,9 @@ def test_error_checkpoint_labels_do_not_match(corpus: Path, tiny_model: Path, tm
     # tiny_model's head knows all 14 banking intents; the corpus has 4 of them.
     r = train("--data", str(corpus), "--base-model", str(tiny_model), "--output", str(tmp_path / "o"))
     _assert_one_line_error(r, "labels do not match", str(tiny_model))
+
+
+@pytest.mark.parametrize("decay", ["1", "-0.1"])
+def test_error_average_decay_out_of_range(corpus: Path, tmp_path: Path, decay: str) -> None:
+    r = train("--data", str(corpus), *TINY_RUN, "--average-decay", decay, "--output", str(tmp_path / "o"))
+    _assert_one_line_error(r, "--average-decay", decay)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "accuracy.py"
 LOGGING_STEPS = 10
+LAST_STEP_DIR = "last-step"  # with --average-decay: the last step's weights, beside the average
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -87,6 +88,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "fine-tuning)",
     )
     p.add_argument(
+        "--average-decay",
+        type=float,
+        help="save an exponential moving average of the weights with this decay per update "
+        f"(e.g. 0.9995) instead of the last step's, which go to OUTPUT/{LAST_STEP_DIR} "
+        "(default 0: the last step's)",
+    )
+    p.add_argument(
         "--time-budget-min",
         type=float,
         help="stop after this many minutes of training; the learning rate decays over the "
@@ -135,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "mask_time_prob": args.mask_time_prob,
         "mask_feature_prob": args.mask_feature_prob,
         "ctc_weight": args.ctc_weight,
+        "average_decay": args.average_decay,
         "test_fraction": args.test_fraction,
         "time_budget_min": args.time_budget_min,
         "num_threads": args.threads,
@@ -171,6 +180,8 @@ def _validate(c: TrainConfig) -> None:
         raise IntentdError(f"--test-fraction {c.test_fraction} must be between 0 and 1")
     if c.ctc_weight is not None and c.ctc_weight < 0:
         raise IntentdError(f"--ctc-weight {c.ctc_weight} must be >= 0")
+    if not 0.0 <= c.average_decay < 1.0:
+        raise IntentdError(f"--average-decay {c.average_decay} must be in [0, 1)")
     if not (0.0 <= c.mask_time_prob < 1.0 and 0.0 <= c.mask_feature_prob < 1.0):
         raise IntentdError("--mask-time-prob and --mask-feature-prob must be in [0, 1)")
 
@@ -280,6 +291,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
         fraction = budget.fraction if config.time_budget_min is not None else None
         callbacks.append(AugmentRamp(augmenter, fraction))
+    average = None
+    if config.average_decay > 0:
+        from intentd_train.averaging import WeightAverage
+
+        average = WeightAverage(classifier, config.average_decay)
+        callbacks.append(average)
     trainer = Trainer(
         model=model,
         args=args,
@@ -298,9 +315,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     # The classifier alone: the CTC head was a training aid.
     setattr(classifier.config, TRAINED_RATE_KEY, trained_rate_hz)
+    evaluations = {}
+    if average is not None:
+        # The last step's weights, kept and scored beside the average the run saves.
+        classifier.save_pretrained(str(config.output_dir / LAST_STEP_DIR))
+        extractor.save_pretrained(str(config.output_dir / LAST_STEP_DIR))
+        evaluations[LAST_STEP_DIR] = _predict(trainer, test_ds)
+        average.load_into_module()
     classifier.save_pretrained(str(config.output_dir))
     extractor.save_pretrained(str(config.output_dir))
-    evaluations = {"test": _predict(trainer, test_ds)}
+    evaluations["test"] = _predict(trainer, test_ds)
     for name, ds in parts.diagnostics.items():
         decoded = data.decode(ds, config.max_length_s, f"decoding {name} clips")
         evaluations[name] = _predict(trainer, data.as_model_inputs(decoded, label_column))

@@ -118,6 +118,9 @@ class TrainConfig:
     # data has a text column. None: 1.0 from scratch, 0 (the plain recipe) when fine-tuning.
     ctc_weight: float | None = None
     augment: AugmentConfig | None = None
+    # Save an exponential moving average of the weights (this decay per update) instead of the
+    # last step's; 0 saves the last step's. The last step's go to LAST_STEP_DIR for comparison.
+    average_decay: float = 0.0
     generate_corpus_seed: int | None = None  # build the corpus in data_dir when it is absent
     push_to_hub: bool = False
     hub_model_id: str | None = None
@@ -144,5 +147,6 @@ PRESETS: dict[str, dict[str, object]] = {
         "mask_feature_prob": 0.0,
         "ctc_weight": 1.0,
         "augment": True,
+        "average_decay": 0.9995,  # the last ~2,000 of ~10,000 updates
     },
 }
