@@ -1,13 +1,17 @@
 """Held-out intent accuracy the way issue #3 judges it: an unseen synthesizer, unseen phrasings, noise.
 
     .venv/bin/python bench/heldout.py [--model DIR] [--per-phrasing 2] [--snr-db 20] [--seed 0]
-                                      [--hangover-ms 480] [--phrasings FILE] [--out bench/out/heldout]
+                                      [--hangover-ms 480] [--phrasings FILE | --eval-phrasings [DIR]]
+                                      [--out bench/out/heldout]
 
 Takes the model's held-out phrasings (`DIR/metrics.json`: split.test_phrasings), renders each
 `--per-phrasing` times with the corpus's slot filler and speaks every text with two festival voices
 (a synthesizer the corpus does not use). `--phrasings FILE` speaks the phrasings a JSON list names
 instead (entries as in split.test_phrasings): give two models the phrasings neither trained on,
-and both score the very same utterances. Then scores both of the issue's paths:
+and both score the very same utterances. `--eval-phrasings [DIR]` speaks bench/eval-phrasings/
+(10 per intent, written for evaluation only; refused if one sounds like a corpus phrasing), so
+every model, whatever its split, is scored on the same utterances. festival's speech is cached in
+bench/out/festival/. Then scores both of the issue's paths:
 
 - clips: 8 kHz 16-bit WAVs with pink noise at `--snr-db` (OUT/clips/<voice>/), through
   `intentd classify`; right when the top-1 intent is the true one;
@@ -23,11 +27,11 @@ Writes OUT/heldout.json and OUT/heldout.png (per-intent accuracy, both paths) an
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -45,9 +49,12 @@ from streams import Stream, add_noise, assemble_stream, trim_silence
 from intentd.resample import resample
 from intentd.vad import VadConfig
 from intentd_train.corpus import CORPUS_RATE_HZ, PCM_SUBTYPE, PEAK_LEVEL
-from intentd_train.wording import INTENTS, load_phrasings, render
+from intentd_train.wording import INTENTS, CorpusError, Phrasing, load_phrasings, render, spoken_core
 
 REPO = Path(__file__).resolve().parent.parent
+# Phrasings written for evaluation only, never in the training corpus: the same test for every model.
+EVAL_PHRASINGS = REPO / "bench" / "eval-phrasings"
+FESTIVAL_CACHE = REPO / "bench" / "out" / "festival"  # festival's speech by voice and text
 TEXT2WAVE = "text2wave"
 FESTIVAL_PACKAGES = "festival festvox-kdlpc16k festvox-us-slt-hts"
 # festival voices (16 kHz diphone, 32 kHz HTS): none of the corpus's espeak-ng, flite and Pico.
@@ -86,6 +93,29 @@ def held_out_phrasings(model_dir: Path) -> tuple[list[str], list[str]]:
     return test_ids, metrics.get("labels") or list(INTENTS)
 
 
+def eval_phrasings(folder: Path) -> list[Phrasing]:
+    """The phrasings in `<folder>/<label>.txt`, refused if one sounds like a training phrasing."""
+    try:
+        groups = load_phrasings(root=folder)
+    except CorpusError as e:
+        raise HeldoutError(str(e)) from e
+    training = {spoken_core(p.template) for group in load_phrasings().values() for p in group}
+    clash = [p.template for group in groups.values() for p in group if spoken_core(p.template) in training]
+    if clash:
+        raise HeldoutError(f"{folder}: {len(clash)} phrasings are in the training corpus, e.g. {clash[0]!r}")
+    return [p for group in groups.values() for p in group]
+
+
+def renderings(phrasings: Iterable[Phrasing], per_phrasing: int, seed: int) -> list[Utterance]:
+    """Each phrasing rendered `per_phrasing` times with the corpus's slot filler."""
+    rng = np.random.default_rng(seed)
+    return [
+        Utterance(p.label, p.id, render(p.template, rng), f"{p.id}-{k}")
+        for p in phrasings
+        for k in range(per_phrasing)
+    ]
+
+
 def heldout_utterances(
     model_dir: Path, per_phrasing: int, seed: int, phrasings: Path | None = None
 ) -> tuple[list[Utterance], list[str]]:
@@ -105,40 +135,43 @@ def heldout_utterances(
         if not index.isdigit() or int(index) >= len(labels) or labels[int(index)] != label:
             raise HeldoutError(f"{metrics_path}: held-out phrasing {entry!r} does not match labels {labels}")
         wanted.append((label, pid))
-    templates = {
-        p.id: p.template
-        for group in load_phrasings(sorted({label for label, _ in wanted})).values()
-        for p in group
+    known = {
+        p.id: p for group in load_phrasings(sorted({label for label, _ in wanted})).values() for p in group
     }
-    missing = [pid for _, pid in wanted if pid not in templates]
+    missing = [pid for _, pid in wanted if pid not in known]
     if len(missing) == len(wanted):
         raise HeldoutError(
             f"none of the {len(wanted)} held-out phrasings of {model_dir} is in the phrasing files"
         )
-    rng = np.random.default_rng(seed)
-    utterances = [
-        Utterance(label, pid, render(templates[pid], rng), f"{pid}-{k}")
-        for label, pid in wanted
-        if pid in templates
-        for k in range(per_phrasing)
-    ]
-    return utterances, missing
+    return renderings((known[pid] for _, pid in wanted if pid in known), per_phrasing, seed), missing
 
 
-def festival(text: str, voice: str, tmp: Path) -> tuple[np.ndarray, int]:
-    """Speak `text` with a festival voice; float32 mono samples and their rate."""
-    wav = tmp / "festival.wav"
-    wav.unlink(missing_ok=True)
-    cmd = [TEXT2WAVE, "-eval", f"(voice_{voice})", "-o", str(wav)]
+def festival(text: str, voice: str, cache: Path) -> tuple[np.ndarray, int]:
+    """Speak `text` with a festival voice; float32 mono samples and their rate.
+
+    festival is deterministic, so its output is kept in `cache` by voice and text: scoring a
+    second model on the same utterances skips the synthesis.
+    """
+    wav = cache / voice / f"{hashlib.sha1(text.encode()).hexdigest()}.wav"
+    if wav.is_file():
+        samples, rate_hz = sf.read(str(wav), dtype="float32")
+        return samples, rate_hz
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    partial = wav.with_suffix(".partial.wav")
+    partial.unlink(missing_ok=True)
+    cmd = [TEXT2WAVE, "-eval", f"(voice_{voice})", "-o", str(partial)]
     proc = subprocess.run(cmd, input=text, capture_output=True, text=True, check=False)
     # text2wave exits 0 even when the voice is unknown; only the missing output tells.
-    if proc.returncode != 0 or not wav.is_file() or wav.stat().st_size == 0:
+    if proc.returncode != 0 or not partial.is_file() or partial.stat().st_size == 0:
         err = (proc.stderr.strip().splitlines() or ["no output"])[0]
         raise HeldoutError(
             f"festival voice {voice} failed on {text!r}: {err} (apt-get install {FESTIVAL_PACKAGES})"
         )
-    samples, rate_hz = sf.read(str(wav), dtype="float32")
-    return (samples if samples.ndim == 1 else samples.mean(axis=1)), rate_hz
+    samples, rate_hz = sf.read(str(partial), dtype="float32")
+    samples = samples if samples.ndim == 1 else samples.mean(axis=1)
+    sf.write(str(partial), samples, rate_hz, subtype="FLOAT")
+    partial.rename(wav)
+    return samples, rate_hz
 
 
 def telephone_clip(
@@ -230,26 +263,25 @@ def speak_clips(
     items: list[dict] = []
     speech: dict[str, list[tuple[str, np.ndarray, int]]] = {}
     shutil.rmtree(out / "clips", ignore_errors=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for v, voice in enumerate(VOICES):
-            (out / "clips" / voice).mkdir(parents=True)
-            rng = np.random.default_rng([seed, v])
-            speech[voice] = []
-            for u in utterances:
-                raw, rate_hz = festival(u.text, voice, Path(tmp))
-                speech[voice].append((u.intent, raw, rate_hz))
-                path = out / "clips" / voice / f"{u.name}.wav"
-                clip = telephone_clip(raw, rate_hz, snr_db, rng, clip_rate_hz)
-                sf.write(str(path), clip, clip_rate_hz, subtype=PCM_SUBTYPE)
-                items.append(
-                    {
-                        "voice": voice,
-                        "intent": u.intent,
-                        "phrasing_id": u.phrasing_id,
-                        "text": u.text,
-                        "clip": {"path": str(path), "audio_s": round(clip.size / clip_rate_hz, 2)},
-                    }
-                )
+    for v, voice in enumerate(VOICES):
+        (out / "clips" / voice).mkdir(parents=True)
+        rng = np.random.default_rng([seed, v])
+        speech[voice] = []
+        for u in utterances:
+            raw, rate_hz = festival(u.text, voice, FESTIVAL_CACHE)
+            speech[voice].append((u.intent, raw, rate_hz))
+            path = out / "clips" / voice / f"{u.name}.wav"
+            clip = telephone_clip(raw, rate_hz, snr_db, rng, clip_rate_hz)
+            sf.write(str(path), clip, clip_rate_hz, subtype=PCM_SUBTYPE)
+            items.append(
+                {
+                    "voice": voice,
+                    "intent": u.intent,
+                    "phrasing_id": u.phrasing_id,
+                    "text": u.text,
+                    "clip": {"path": str(path), "audio_s": round(clip.size / clip_rate_hz, 2)},
+                }
+            )
     return items, speech
 
 
@@ -316,7 +348,11 @@ def run(args: argparse.Namespace) -> dict:
     """Synthesise, classify and replay; the report."""
     if shutil.which(TEXT2WAVE) is None:
         raise HeldoutError(f"{TEXT2WAVE} (festival) not found; apt-get install {FESTIVAL_PACKAGES}")
-    utterances, missing = heldout_utterances(Path(args.model), args.per_phrasing, args.seed, args.phrasings)
+    per, seed = args.per_phrasing, args.seed
+    if args.eval_phrasings is not None:
+        utterances, missing = renderings(eval_phrasings(args.eval_phrasings), per, seed), []
+    else:
+        utterances, missing = heldout_utterances(Path(args.model), per, seed, args.phrasings)
     if missing:
         print(
             f"warning: {len(missing)} held-out phrasings are no longer in the phrasing files: "
@@ -350,6 +386,7 @@ def run(args: argparse.Namespace) -> dict:
         "clip_rate_hz": args.clip_rate_hz,
         "seed": args.seed,
         "phrasings_file": args.phrasings and str(args.phrasings),
+        "eval_phrasings": args.eval_phrasings and str(args.eval_phrasings),
         "voices": [f"festival:{voice}" for voice in VOICES],
         "phrasings": len(utterances) // args.per_phrasing,
         "missing_phrasings": missing,
@@ -390,11 +427,20 @@ def main() -> int:
     ap.add_argument(
         "--confident-score", type=float, default=VadConfig().confident_score, help="vad.confident_score"
     )
-    ap.add_argument(
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument(
         "--phrasings",
         type=Path,
         help="JSON list of phrasings to speak instead of the model's held-out ones, e.g. those two "
         "models both never trained on (a paired comparison)",
+    )
+    which.add_argument(
+        "--eval-phrasings",
+        type=Path,
+        nargs="?",
+        const=EVAL_PHRASINGS,
+        help="speak the phrasings in DIR/<label>.txt instead (default DIR: bench/eval-phrasings, "
+        "written for evaluation and never in the corpus): the same test for every model",
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "heldout")
     args = ap.parse_args()
