@@ -295,6 +295,7 @@ def summary(rows: list[dict[str, object]], daemon: Daemon, hangover_ms: int) -> 
                 "queue_drops",
                 "speculations",
                 "speculations_discarded",
+                "confident_cuts",
             )
         },
         "ready_s": round(daemon.ready_s, 2),

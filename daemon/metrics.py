@@ -63,6 +63,7 @@ ALWAYS: dict[str, str] = {
     "net_frames_rejected": "Network audio frames rejected (bad framing, unknown stream, ...).",
     "speculations": "Tentative segments queued for the model before the hangover confirmed them.",
     "speculations_discarded": "Speculations withdrawn because speech resumed; never published.",
+    "confident_cuts": "Segments ended after vad.confident_hangover_ms because the model was sure of them.",
 }
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_]")
 

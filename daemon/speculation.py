@@ -57,6 +57,7 @@ class Speculations:
         self._open: dict[str, Speculation] = {}  # by source: a segmenter has one Tentative out at most
         self._started = 0
         self._discarded = 0
+        self._cut_short = 0
 
     def start(self, tentative: Tentative) -> Speculation:
         """Register a Tentative segment about to be queued for the worker."""
@@ -85,6 +86,7 @@ class Speculations:
             if spec is None or spec.segment is not segment:
                 return False
             del self._open[segment.source]
+            self._cut_short += spec.verdict.cut_short
             spec.cut_at = cut_at
             if spec.done:
                 self._release_locked(spec, cut_at)
@@ -117,4 +119,5 @@ class Speculations:
             return {
                 "speculations": float(self._started),
                 "speculations_discarded": float(self._discarded),
+                "confident_cuts": float(self._cut_short),
             }

@@ -147,6 +147,8 @@ class Verdict:
     def __init__(self) -> None:
         self._settled = threading.Event()
         self._confident = False
+        # Set by the segmenter when this verdict ended the pause before the full hangover.
+        self.cut_short = False
 
     def settle(self, confident: bool) -> None:
         """The worker's answer; the first one counts."""
@@ -414,7 +416,8 @@ class Segmenter:
         wait_s = 0.0
         if self._handed_out and not self._waited:
             wait_s, self._waited = self._verdict_wait_s, True
-        return self._tentative.verdict.confident(wait_s)
+        self._tentative.verdict.cut_short = self._tentative.verdict.confident(wait_s)
+        return self._tentative.verdict.cut_short
 
     def _close(self, out: list[SegmenterOutput], end: int, speech_end: int) -> None:
         self._finish(out, end, speech_end)

@@ -84,17 +84,20 @@ def test_a_confident_result_cuts_the_pause_short(classifier: Classifier, wav: Pa
     # Every result counts as confident at score 0: the 0.3 s pause in the first request now ends
     # it (its second half is long enough to stand after a follow-up). A replay waits for each
     # verdict, so this is what a live daemon whose model keeps up would publish.
-    _, plain = replay(classifier, wav, speculative=True, realtime=False)
+    plain_pipe, plain = replay(classifier, wav, speculative=True, realtime=False)
     sure = VadConfig(confident_hangover_ms=240, confident_score=0.0)
     pipe, early = replay(classifier, wav, speculative=True, realtime=False, vad=sure)
     assert len(early) == len(plain) + 1 == 2 + len(REQUESTS)
     assert early[0].end_s <= early[1].start_s < plain[0].end_s
     assert [published(e) for e in early[2:]] == [published(e) for e in plain[1:]]
     assert pipe.stats()["speculations_discarded"] == 0
+    assert pipe.stats()["confident_cuts"] == len(early)  # every pause ended at 240 ms
+    assert plain_pipe.stats()["confident_cuts"] == 0
     # The tiny model is never sure (no score of 1.0): every segment waits out the full hangover.
     never = dataclasses.replace(sure, confident_score=1.0)
-    _, unsure = replay(classifier, wav, speculative=True, realtime=False, vad=never)
+    unsure_pipe, unsure = replay(classifier, wav, speculative=True, realtime=False, vad=never)
     assert [published(e) for e in unsure] == [published(e) for e in plain]
+    assert unsure_pipe.stats()["confident_cuts"] == 0
 
 
 def segment(source: str = "mic", end_s: float = 2.0) -> Segment:
@@ -144,7 +147,7 @@ def test_a_withdrawn_speculation_is_never_released() -> None:
     other = specs.start(Tentative(segment("net:b")))
     specs.finish(other, result("net:b"))
     assert released == []
-    assert specs.stats() == {"speculations": 2.0, "speculations_discarded": 1.0}
+    assert specs.stats() == {"speculations": 2.0, "speculations_discarded": 1.0, "confident_cuts": 0.0}
 
 
 @pytest.mark.parametrize(("outcome", "confident"), [(0.9, True), (0.89, False), (None, False)])
