@@ -302,6 +302,7 @@ def _load_onnx(
         ort.export(model, file, precision, features_in=split)
         del model
         release_freed_memory()
+    ort.mark_used(file)
     encoder = MatmulEncoder.load(path, cfg) if split else None
     if encoder is not None:
         log.info("conv encoder of %s runs as bf16 matmuls (AMX), outside the ONNX graph", path.name)

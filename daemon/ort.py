@@ -29,6 +29,9 @@ RUNTIMES = ("torch", "onnx")
 EXPORT_VERSION = 1
 OPSET = 17
 CACHE_SUBDIR = Path("intentd") / "onnx"
+# Exports kept in the cache; beyond this the least recently used are deleted. Each new checkpoint
+# (a retrained model reloaded with SIGHUP, another precision) adds one, 95-360 MB for wav2vec2-base.
+MAX_CACHED_EXPORTS = 4
 _HASH_CHUNK = 1 << 20
 
 
@@ -63,6 +66,25 @@ def cached_file(path: Path, precision: str, features_in: bool = False) -> Path:
     if features_in:
         name = name.replace(".onnx", ".features.onnx")
     return cache_root() / cache_key(path, precision, features_in) / name
+
+
+def mark_used(file: Path, max_exports: int = MAX_CACHED_EXPORTS) -> None:
+    """Record that `file`'s export was just used, and delete the least recently used exports
+    beyond `max_exports`.
+
+    An export's folder carries its last use as its mtime. A failure to delete is logged: a full
+    cache must not stop the daemon from starting.
+    """
+    try:
+        os.utime(file.parent)
+        exports = [d for d in cache_root().iterdir() if d.is_dir() and not d.name.startswith(".")]
+        exports.sort(key=lambda d: d.stat().st_mtime_ns, reverse=True)
+        for old in exports[max_exports:]:
+            if old != file.parent:
+                shutil.rmtree(old)
+                log.info("removed the least recently used ONNX export %s", old)
+    except OSError as e:
+        log.warning("cannot tidy the ONNX cache %s: %s", cache_root(), e)
 
 
 class _FramesFirst(torch.nn.Module):

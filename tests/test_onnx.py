@@ -82,15 +82,32 @@ def test_the_export_is_cached_per_checkpoint(tiny_model: Path, tmp_path: Path, c
     Classifier(tiny_model, device="cpu", runtime="onnx")
     assert list(cache.glob("*/model.onnx")) == [first] and first.stat().st_mtime_ns == stamp
     # Other weights are another checkpoint: a second export beside the first.
-    other = tmp_path / "other"
-    shutil.copytree(tiny_model, other)
-    config = json.loads((other / "config.json").read_text())
-    config["id2label"] = {k: f"{v}-renamed" for k, v in config["id2label"].items()}
-    config["label2id"] = {f"{k}-renamed": v for k, v in config["label2id"].items()}
-    (other / "config.json").write_text(json.dumps(config))
+    other = _relabelled(tiny_model, tmp_path / "other", "-renamed")
     renamed = Classifier(other, device="cpu", runtime="onnx")
     assert len(list(cache.glob("*/model.onnx"))) == 2
     assert all(label.endswith("-renamed") for label in renamed.labels)
+
+
+def _relabelled(model: Path, out: Path, suffix: str) -> Path:
+    """A copy of `model` whose labels end in `suffix`: another checkpoint, another export."""
+    shutil.copytree(model, out)
+    config = json.loads((out / "config.json").read_text())
+    config["id2label"] = {k: f"{v}{suffix}" for k, v in config["id2label"].items()}
+    config["label2id"] = {f"{k}{suffix}": v for k, v in config["label2id"].items()}
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_the_cache_keeps_the_most_recently_used_exports(
+    tiny_model: Path, tmp_path: Path, cache: Path
+) -> None:
+    models = [_relabelled(tiny_model, tmp_path / f"m{i}", f"-{i}") for i in range(ort.MAX_CACHED_EXPORTS + 1)]
+    for model in models[:-1]:
+        Classifier(model, device="cpu", runtime="onnx")
+    Classifier(models[0], device="cpu", runtime="onnx")  # the oldest export, used again
+    Classifier(models[-1], device="cpu", runtime="onnx")  # one export too many
+    kept = {ort.cached_file(m, "fp32").parent for m in [models[0], *models[2:]]}
+    assert set(cache.iterdir()) == kept  # the least recently used (m1) is gone
 
 
 def test_a_damaged_cached_export_is_one_clear_error(tiny_model: Path, cache: Path) -> None:
