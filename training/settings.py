@@ -148,5 +148,9 @@ PRESETS: dict[str, dict[str, object]] = {
         "ctc_weight": 1.0,
         "augment": True,
         "average_decay": 0.9995,  # the last ~2,000 of ~10,000 updates
+        # Train on all but 5 % of the voices and phrasings: the shipped model gets nearly all
+        # the data (+4.6 points on festival against the usual 20 %, training/README.md), and is
+        # judged on bench/eval-phrasings, which no split ever trains on.
+        "test_fraction": 0.05,
     },
 }
