@@ -24,7 +24,8 @@ from segmentation import score
 from streams import build_stream
 
 from intentd.resample import MODEL_RATE_HZ
-from intentd.vad import Segmenter, VadConfig, Withdrawn, final_segments
+from intentd.segment import Withdrawn, final_segments
+from intentd.vad import Segmenter, VadConfig
 
 
 def main() -> int:

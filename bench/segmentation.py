@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from streams import Stream, build_stream
 
-from intentd.vad import Segmenter, VadConfig, final_segments
+from intentd.segment import final_segments
+from intentd.vad import Segmenter, VadConfig
 
 CHUNK_MS = 20
 INTENTD = Path(sys.executable).parent / "intentd"

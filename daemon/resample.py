@@ -12,7 +12,7 @@ import numpy as np
 from scipy.signal import firwin, resample_poly
 
 if TYPE_CHECKING:
-    from intentd.vad import Segment
+    from intentd.segment import Segment
 
 log = logging.getLogger(__name__)
 

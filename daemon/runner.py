@@ -43,9 +43,10 @@ from intentd.notify import Notifier, WatchdogGate
 from intentd.publisher import Publisher, Result
 from intentd.resample import to_model_rate
 from intentd.security import CurveServer
+from intentd.segment import Segment, SegmenterOutput, Tentative, Withdrawn
 from intentd.sources import EndOfStream, Source
 from intentd.speculation import Speculation, Speculations
-from intentd.vad import Segment, Segmenter, SegmenterOutput, Tentative, Withdrawn
+from intentd.vad import Segmenter
 from intentd_client.protocol import IntentEvent
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from intentd.publisher import Result
-from intentd.vad import Segment, Tentative, Verdict
+from intentd.segment import Segment, Tentative, Verdict
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import speech
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from intentd.vad import Segment, Segmenter, SegmenterOutput, Tentative, VadConfig, Withdrawn, final_segments
+from intentd.segment import Segment, SegmenterOutput, Tentative, Withdrawn, final_segments
+from intentd.vad import Segmenter, VadConfig
 
 RATES_HZ = (8000, 16000, 22050)
 # Speech long enough for several segments and, with the short config, forced cuts.

@@ -9,7 +9,7 @@ import pytest
 from scipy.signal import resample_poly
 
 from intentd.resample import MODEL_RATE_HZ, Resampler, resample, to_model_rate
-from intentd.vad import Segment
+from intentd.segment import Segment
 
 RATES_HZ = [8000, 11025, 16000, 22050, 32000, 44100, 48000]
 TONE_HZ = 440.0

@@ -14,9 +14,10 @@ from intentd.config import Config, ModelConfig
 from intentd.model import Classifier
 from intentd.publisher import Result
 from intentd.runner import Pipeline
+from intentd.segment import Segment, Tentative
 from intentd.sources import WavSource
 from intentd.speculation import Speculations
-from intentd.vad import Segment, Tentative, VadConfig
+from intentd.vad import VadConfig
 from intentd_client.protocol import IntentEvent
 
 # The first request pauses 0.3 s mid-sentence (longer than tail_ms, shorter than the hangover):

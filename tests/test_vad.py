@@ -13,15 +13,8 @@ import speech
 
 from intentd import vad
 from intentd.errors import ConfigError
-from intentd.vad import (
-    Segment,
-    Segmenter,
-    SegmenterOutput,
-    Tentative,
-    VadConfig,
-    Withdrawn,
-    final_segments,
-)
+from intentd.segment import Segment, SegmenterOutput, Tentative, Withdrawn, final_segments
+from intentd.vad import Segmenter, VadConfig
 
 TOLERANCE_S = 0.3
 TEXTS = [
