@@ -145,6 +145,9 @@ def test_output_folder_is_a_loadable_checkpoint_with_reports(trained: Path) -> N
     metrics = json.loads((trained / "metrics.json").read_text())
     assert set(metrics["per_intent_accuracy"]) == set(TEXTS)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["test_clips"] > 0
+    # A tiny split's accuracy is not a verdict on the model, and the card says so.
+    assert metrics["test_clips"] < 10 * len(TEXTS)
+    assert "too few to judge the model by" in (trained / "README.md").read_text()
     assert metrics["train_time_s"] > 0 and metrics["seed"] == 0
     # The corpus has transcripts, so the run trained a CTC head beside the classifier; the
     # checkpoint holds the classifier alone.

@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 CONFUSION_PNG = "confusion_matrix.png"
 CURVE_PNG = "learning_curve.png"
+# Below this many held-out clips per intent the card says the accuracy is too few to judge by
+# (a 5 % split of the demo corpus holds out 11 clips in all).
+MIN_JUDGED_CLIPS_PER_INTENT = 10
 
 
 def write_all(
@@ -138,6 +141,12 @@ def _model_card(metrics: dict[str, Any], config: TrainConfig) -> str:
     )
     source = config.data_dir or f"{config.dataset} ({config.dataset_config or 'default'})"
     base = f"from scratch ({config.from_config})" if config.from_config else config.base_model
+    caution = ""
+    if metrics["test_clips"] < MIN_JUDGED_CLIPS_PER_INTENT * len(metrics["labels"]):
+        caution = (
+            f"; too few to judge the model by (under {MIN_JUDGED_CLIPS_PER_INTENT} per intent): "
+            "measure it on a held-out set of your own"
+        )
     return f"""---
 library_name: transformers
 pipeline_tag: audio-classification
@@ -151,7 +160,7 @@ Wav2Vec2 audio classifier for {len(metrics['labels'])} spoken banking intents, t
 - Model: {base}; {metrics['parameters'] / 1e6:.2f} M parameters
 - Data: {source}; {metrics['train_clips']} training clips
 - Held-out split: {metrics['split'].get('kind')}
-- Held-out accuracy: **{metrics['accuracy']:.3f}** on {metrics['test_clips']} clips
+- Held-out accuracy: **{metrics['accuracy']:.3f}** on {metrics['test_clips']} clips{caution}
 - Training: {metrics['epochs_run']:g} epochs ({metrics['updates']} updates), lr {config.learning_rate:g},
   batch {config.batch_size}, clips cut at {config.max_length_s:g} s, augmentation
   {'on' if config.augment else 'off'}, transcript CTC weight {config.ctc_weight or 0:g},
