@@ -10,7 +10,8 @@ Takes the model's held-out phrasings (`DIR/metrics.json`: split.test_phrasings),
 instead (entries as in split.test_phrasings): give two models the phrasings neither trained on,
 and both score the very same utterances. `--eval-phrasings [DIR]` speaks bench/eval-phrasings/
 (10 per intent, written for evaluation only; refused if one sounds like a corpus phrasing), so
-every model, whatever its split, is scored on the same utterances. festival's speech is cached in
+every model, whatever its split, is scored on the same utterances; bench/eval-phrasings-blind/ is a
+second such set, written without reading the corpus. festival's speech is cached in
 bench/out/festival/. Then scores both of the issue's paths:
 
 - clips: 8 kHz 16-bit WAVs with pink noise at `--snr-db` (OUT/clips/<voice>/), through

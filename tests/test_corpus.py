@@ -267,3 +267,14 @@ def test_cli_builds_a_corpus(tmp_path: Path) -> None:
     )
     assert "wrote 2 clips" in proc.stdout
     assert {r["label"] for r in _rows(out)} == {"abroad", "balance"}
+
+
+@pytest.mark.parametrize("folder", ["eval-phrasings", "eval-phrasings-blind"])
+def test_the_evaluation_phrasings_stay_out_of_the_corpus(folder: str) -> None:
+    # bench/heldout.py refuses an evaluation set that a corpus phrasing sounds like; a phrasing
+    # added to the corpus must not make a shipped set unusable (or quietly train on it).
+    evaluation = load_phrasings(root=Path(__file__).parents[1] / "bench" / folder)
+    corpus = {spoken_core(p.template) for group in load_phrasings().values() for p in group}
+    assert all(len(group) >= 9 for group in evaluation.values())
+    spoken = [p.template for group in evaluation.values() for p in group]
+    assert not [t for t in spoken if spoken_core(t) in corpus]
