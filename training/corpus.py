@@ -52,7 +52,7 @@ PEAK_LEVEL = 10 ** (-3 / 20)  # -3 dBFS: each clip's peak after normalisation
 METADATA_NAME = "metadata.csv"
 METADATA_COLUMNS = ("file_name", "label", "text", "phrasing_id", "voice", "rate_wpm", "pitch")
 
-DEFAULT_PER_INTENT = 700  # 14 x 700 = 9,800 clips, 7 renderings of each of 100 phrasings
+DEFAULT_PER_INTENT = 700  # 14 x 700 = 9,800 clips, 6-7 renderings of each of 108 phrasings
 DEFAULT_JOBS = 2
 MIN_RATE_WPM, MAX_RATE_WPM = 125, 195
 MIN_PITCH, MAX_PITCH = 20, 80  # espeak-ng's 0-99 scale; 50 is the voice's own
