@@ -176,7 +176,7 @@ def _load_classifier(cfg: Any) -> Any:
 
 def _make_sources(cfg: Any, curve: Any = None) -> list[Any]:
     """The configured sources, not yet open; a missing device or file fails here, before the model loads."""
-    from intentd import sources
+    from intentd import devices, sources
     from intentd.audio import open_wav
 
     out: list[Any] = []
@@ -186,7 +186,7 @@ def _make_sources(cfg: Any, curve: Any = None) -> list[Any]:
         out.append(sources.WavSource(rest, realtime=cfg.source.realtime))
     elif kind == "mic":
         device: str | int | None = int(rest) if rest.isdigit() else (rest or None)
-        sources.find_input_device(device)
+        devices.find_input_device(device)
         out.append(
             sources.MicSource(
                 device,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +25,7 @@ from intentd.audio import (
     shown,
     to_mono_float32,
 )
+from intentd.devices import find_input_device, portaudio
 from intentd.errors import AudioDeviceError
 
 if TYPE_CHECKING:
@@ -165,78 +165,6 @@ class WavSource:
         return {"frames_captured": self._pos, "chunks": self._chunks}
 
 
-@dataclass(frozen=True)
-class InputDevice:
-    """A capture device as PortAudio lists it."""
-
-    index: int
-    name: str
-    max_input_channels: int
-    default_rate_hz: float
-    host_api: str
-
-
-def _portaudio() -> Any:
-    """Import sounddevice (which initialises PortAudio) only when a microphone is wanted."""
-    try:
-        import sounddevice
-    except OSError as e:  # sounddevice raises OSError when libportaudio is missing
-        raise AudioDeviceError(
-            f"cannot load PortAudio ({e}); install libportaudio2 to capture from a microphone"
-        ) from e
-    return sounddevice
-
-
-def list_input_devices() -> list[InputDevice]:
-    """Every device PortAudio can capture from, in PortAudio's index order."""
-    sd = _portaudio()
-    apis = [api["name"] for api in sd.query_hostapis()]
-    return [
-        InputDevice(
-            index=i,
-            name=d["name"],
-            max_input_channels=int(d["max_input_channels"]),
-            default_rate_hz=float(d["default_samplerate"]),
-            host_api=apis[d["hostapi"]] if 0 <= d["hostapi"] < len(apis) else "?",
-        )
-        for i, d in enumerate(sd.query_devices())
-        if d["max_input_channels"] > 0
-    ]
-
-
-def _describe(devices: list[InputDevice]) -> str:
-    """One line listing input devices for an error message."""
-    if not devices:
-        return "no input devices found"
-    return "input devices: " + "; ".join(f"[{d.index}] {d.name}" for d in devices)
-
-
-def find_input_device(device: str | int | None) -> InputDevice:
-    """Resolve a device index, name substring (case-insensitive) or None (the default input)."""
-    devices = list_input_devices()
-    if isinstance(device, str) and device.strip().isdigit():
-        device = int(device)
-    if device is None:
-        sd = _portaudio()
-        default_index = sd.default.device[0]
-        if default_index is None or default_index < 0:
-            default_index = next(iter(d.index for d in devices), -1)
-        matches = [d for d in devices if d.index == default_index]
-        what = "default input device"
-    elif isinstance(device, int):
-        matches = [d for d in devices if d.index == device]
-        what = f"input device index {device}"
-    else:
-        wanted = device.casefold()
-        # An exact name wins over a longer name that merely contains it.
-        matches = [d for d in devices if d.name.casefold() == wanted]
-        matches = matches or [d for d in devices if wanted in d.name.casefold()]
-        what = f"input device matching {device!r}"
-    if not matches:
-        raise AudioDeviceError(f"no {what}; {_describe(devices)}")
-    return matches[0]
-
-
 class MicSource:
     """Live capture from a PortAudio input device, at its native rate and channel count."""
 
@@ -275,7 +203,7 @@ class MicSource:
     def open(self) -> None:
         """Find the device and start the stream; AudioDeviceError with one line if impossible."""
         self.close()
-        self._sd = sd = _portaudio()
+        self._sd = sd = portaudio()
         if self._rescan:
             # Only safe with no stream open; the daemon has one microphone and just closed it.
             sd._terminate()

@@ -12,8 +12,9 @@ from alsa import AlsaFileDevice, alsa_file_device, use_in_process
 from speech import recording
 
 from intentd.audio import Chunk, read_wav, to_mono_float32
+from intentd.devices import list_input_devices
 from intentd.errors import AudioDeviceError, AudioFileError
-from intentd.sources import EndOfStream, MicSource, WavSource, list_input_devices
+from intentd.sources import EndOfStream, MicSource, WavSource
 
 READ_TIMEOUT_S = 2.0
 # Capture through the test device starts with a burst and then runs at real time; give it
