@@ -50,7 +50,7 @@ from streams import Stream, add_noise, assemble_stream, trim_silence
 from intentd.resample import resample
 from intentd.vad import VadConfig
 from intentd_train.corpus import CORPUS_RATE_HZ, PCM_SUBTYPE, PEAK_LEVEL
-from intentd_train.wording import INTENTS, CorpusError, Phrasing, load_phrasings, render, spoken_core
+from intentd_train.wording import INTENTS, CorpusError, Phrasing, in_corpus, load_phrasings, render
 
 REPO = Path(__file__).resolve().parent.parent
 # Phrasings written for evaluation only, never in the training corpus: the same test for every model.
@@ -100,8 +100,7 @@ def eval_phrasings(folder: Path) -> list[Phrasing]:
         groups = load_phrasings(root=folder)
     except CorpusError as e:
         raise HeldoutError(str(e)) from e
-    training = {spoken_core(p.template) for group in load_phrasings().values() for p in group}
-    clash = [p.template for group in groups.values() for p in group if spoken_core(p.template) in training]
+    clash = in_corpus(groups)
     if clash:
         raise HeldoutError(f"{folder}: {len(clash)} phrasings are in the training corpus, e.g. {clash[0]!r}")
     return [p for group in groups.values() for p in group]

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 CONFUSION_PNG = "confusion_matrix.png"
 CURVE_PNG = "learning_curve.png"
 # Below this many held-out clips per intent the card says the accuracy is too few to judge by
-# (a 5 % split of the demo corpus holds out 11 clips in all).
+# (a 5 % split of the demo corpus holds out about ten clips in all).
 MIN_JUDGED_CLIPS_PER_INTENT = 10
 
 

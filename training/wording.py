@@ -166,6 +166,13 @@ def load_phrasings(
     return out
 
 
+def in_corpus(groups: dict[str, tuple[Phrasing, ...]]) -> list[str]:
+    """The templates in `groups` that sound like a shipped corpus phrasing: an evaluation set
+    must have none, or a model would be judged on what it trained on."""
+    corpus = {spoken_core(p.template) for group in load_phrasings().values() for p in group}
+    return [p.template for group in groups.values() for p in group if spoken_core(p.template) in corpus]
+
+
 def render(template: str, rng: np.random.Generator) -> str:
     """Fill the slots and maybe add an opener/closer, drawing from `rng`."""
     text = template.format_map({name: str(rng.choice(values)) for name, values in SLOTS.items()})
