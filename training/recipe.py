@@ -15,6 +15,7 @@ import numpy as np
 from intentd.errors import IntentdError
 from intentd_train.settings import (
     ARCHITECTURES,
+    CTC_UNITS,
     DEFAULT_BASE_MODEL,
     PRESETS,
     TARGET_RATE_HZ,
@@ -83,9 +84,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--ctc-weight",
         type=float,
-        help="weight of an auxiliary character CTC loss on the data's transcripts (text or "
+        help="weight of an auxiliary CTC loss on the data's transcripts (text or "
         "transcription column); the head is dropped at save (default 1 from scratch, 0 when "
         "fine-tuning)",
+    )
+    p.add_argument(
+        "--ctc-units",
+        choices=CTC_UNITS,
+        help="what the CTC head spells: characters (default), or phonemes as espeak-ng reads "
+        "the text in American English",
     )
     p.add_argument(
         "--average-decay",
@@ -143,6 +150,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "mask_time_prob": args.mask_time_prob,
         "mask_feature_prob": args.mask_feature_prob,
         "ctc_weight": args.ctc_weight,
+        "ctc_units": args.ctc_units,
         "average_decay": args.average_decay,
         "test_fraction": args.test_fraction,
         "time_budget_min": args.time_budget_min,
@@ -230,7 +238,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # The daemon band-limits wider input to this (intentd.model.TRAINED_RATE_KEY): a model
     # trained on 8 kHz clips, like MInDS-14 or our corpus, has never heard 4-8 kHz.
     trained_rate_hz = int(max(decoded_train[data.SOURCE_RATE_COLUMN]))
-    train_ds = data.as_model_inputs(decoded_train, label_column, transcripts=use_ctc)
+    train_ds = data.as_model_inputs(
+        decoded_train, label_column, config.ctc_units if use_ctc else None
+    )
     test_ds = data.as_model_inputs(
         data.decode(parts.test, config.max_length_s, "decoding held-out clips"), label_column
     )
@@ -276,8 +286,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if use_ctc:
         from intentd_train.transcript import WithTranscriptHead
 
-        log.info("auxiliary transcript CTC loss, weight %g", ctc_weight)
-        model = WithTranscriptHead(classifier, ctc_weight)
+        log.info("auxiliary transcript CTC loss in %s, weight %g", config.ctc_units, ctc_weight)
+        model = WithTranscriptHead(classifier, ctc_weight, config.ctc_units)
     optimizers: tuple[Any, Any] = (None, None)
     callbacks = []
     if config.time_budget_min is not None:

@@ -9,6 +9,7 @@ TARGET_RATE_HZ = 16_000
 MINDS14_LABEL_COLUMN = "intent_class"
 AUDIOFOLDER_LABEL_COLUMN = "label"
 DEFAULT_BASE_MODEL = "facebook/wav2vec2-base"
+CTC_UNITS = ("characters", "phonemes")  # what the transcript CTC head can spell
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class TrainConfig:
     # Weight of the auxiliary transcript CTC loss (intentd_train.transcript); used when the
     # data has a text column. None: 1.0 from scratch, 0 (the plain recipe) when fine-tuning.
     ctc_weight: float | None = None
+    ctc_units: str = "characters"  # one of CTC_UNITS
     augment: AugmentConfig | None = None
     # Save an exponential moving average of the weights (this decay per update) instead of the
     # last step's; 0 saves the last step's. The last step's go to LAST_STEP_DIR for comparison.

@@ -2,43 +2,96 @@
 
 A Wav2Vec2 trained from random weights on intent labels alone sits at chance for thousands of
 steps and then memorises whole sentences; it has nothing that says "these sounds are the word
-*balance*". The corpus knows what every clip says, so during training a character CTC head on
-the last hidden layer gets that as a second loss. Only the classifier is saved: the head is a
-training aid, and the checkpoint stays a plain `Wav2Vec2ForSequenceClassification`.
+*balance*". The corpus knows what every clip says, so during training a CTC head on the last
+hidden layer gets that as a second loss, spelled in characters or in phonemes (espeak-ng's
+reading of the text: English spelling is a poor guide to sound). Only the classifier is saved:
+the head is a training aid, and the checkpoint stays a plain `Wav2Vec2ForSequenceClassification`.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import string
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 from torch import nn
 
+from intentd.errors import IntentdError
+from intentd.speak import ESPEAK
+from intentd_train.settings import CTC_UNITS
+
 TEXT_COLUMNS = ("text", "transcription")  # our corpus's metadata.csv, MInDS-14
 CHARSET = " " + string.ascii_lowercase + "'"
-BLANK = 0  # CTC blank; CHARSET[i] is token i + 1
+# The phonemes espeak-ng writes for American English (IPA, stress marks dropped), all 58 that
+# the demo corpus's texts use. A text with another one trains the classifier only.
+PHONEMES = (
+    "n t aɪ k m ɪ d ə s æ l ɛ ɹ p h z ʌ ŋ iː ɐ oʊ w b ð uː eɪ aʊ f j θ v ɚ ɡ ɔ ɑːɹ ᵻ ɑː i "
+    "ɜː ʊ ɔːɹ ʃ tʃ dʒ ɾ ɛɹ ɔː əl ɔɪ oːɹ ʊɹ ɪɹ iə oː aɪɚ ʒ n̩ ʔ"
+).split()
+PHONEME_VOICE = "en-us"
+BLANK = 0  # CTC blank; a vocabulary's symbol i is token i + 1, and token 1 is the word break
 _DROP = re.compile(r"[,.?!;:\"()\-]")
 _SPACES = re.compile(r"\s+")
+_STRESS = str.maketrans("", "", "ˈˌ")
 
 
-def encode(text: str) -> list[int] | None:
+def vocabulary(units: str) -> tuple[str, ...]:
+    """The CTC symbols for `units` (one of CTC_UNITS), the word break first."""
+    if units not in CTC_UNITS:
+        raise ValueError(f"units {units!r} is not one of {CTC_UNITS}")
+    return tuple(CHARSET) if units == "characters" else (" ", *PHONEMES)
+
+
+def encode(text: str, units: str = "characters") -> list[int] | None:
     """Token ids of `text` for CTC, or None when it holds something unspoken as written (digits)."""
     t = _SPACES.sub(" ", _DROP.sub(" ", text.lower())).strip()
     if not t or any(c not in CHARSET for c in t):
         return None
-    return [CHARSET.index(c) + 1 for c in t]
+    symbols = list(t) if units == "characters" else phonemes(t)
+    ids = {s: i + 1 for i, s in enumerate(vocabulary(units))}
+    if any(s not in ids for s in symbols):
+        return None
+    return [ids[s] for s in symbols]
+
+
+def encode_all(texts: list[str], units: str) -> list[list[int] | None]:
+    """`encode` for many texts; phonemes run one espeak-ng per text, on every core."""
+    if units == "characters":
+        return [encode(t) for t in texts]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda t: encode(t, units), texts))
+
+
+def phonemes(text: str) -> list[str]:
+    """espeak-ng's American English phonemes for `text`, " " between words."""
+    if shutil.which(ESPEAK) is None:
+        raise IntentdError(f"{ESPEAK} not found; phoneme transcripts need it (apt-get install {ESPEAK})")
+    proc = subprocess.run(
+        [ESPEAK, "-q", "--ipa", "--sep=_", "-v", PHONEME_VOICE, text],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise IntentdError(f"{ESPEAK} could not read {text!r}: {proc.stderr.strip()}")
+    out: list[str] = []
+    for word in proc.stdout.translate(_STRESS).split():  # clause breaks are newlines
+        out += [" "] if out else []
+        out += [p for p in word.split("_") if p]
+    return out
 
 
 class WithTranscriptHead(nn.Module):
     """The classifier plus a CTC head; `forward` returns both losses summed as one."""
 
-    def __init__(self, classifier: Any, ctc_weight: float) -> None:
+    def __init__(self, classifier: Any, ctc_weight: float, units: str = "characters") -> None:
         super().__init__()
         self.classifier = classifier
         self.ctc_weight = ctc_weight
-        self.ctc_head = nn.Linear(classifier.config.hidden_size, len(CHARSET) + 1)
+        self.ctc_head = nn.Linear(classifier.config.hidden_size, len(vocabulary(units)) + 1)
 
     def forward(
         self,
