@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import string
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -47,13 +46,16 @@ def vocabulary(units: str) -> tuple[str, ...]:
     return tuple(CHARSET) if units == "characters" else (" ", *PHONEMES)
 
 
+_TOKEN_IDS = {u: {s: i + 1 for i, s in enumerate(vocabulary(u))} for u in CTC_UNITS}
+
+
 def encode(text: str, units: str = "characters") -> list[int] | None:
     """Token ids of `text` for CTC, or None when it holds something unspoken as written (digits)."""
     t = _SPACES.sub(" ", _DROP.sub(" ", text.lower())).strip()
     if not t or any(c not in CHARSET for c in t):
         return None
     symbols = list(t) if units == "characters" else phonemes(t)
-    ids = {s: i + 1 for i, s in enumerate(vocabulary(units))}
+    ids = _TOKEN_IDS[units]
     if any(s not in ids for s in symbols):
         return None
     return [ids[s] for s in symbols]
@@ -69,12 +71,14 @@ def encode_all(texts: list[str], units: str) -> list[list[int] | None]:
 
 def phonemes(text: str) -> list[str]:
     """espeak-ng's American English phonemes for `text`, " " between words."""
-    if shutil.which(ESPEAK) is None:
-        raise IntentdError(f"{ESPEAK} not found; phoneme transcripts need it (apt-get install {ESPEAK})")
-    proc = subprocess.run(
-        [ESPEAK, "-q", "--ipa", "--sep=_", "-v", PHONEME_VOICE, text],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [ESPEAK, "-q", "--ipa", "--sep=_", "-v", PHONEME_VOICE, text],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    except FileNotFoundError:
+        hint = f"apt-get install {ESPEAK}"
+        raise IntentdError(f"{ESPEAK} not found; phoneme transcripts need it ({hint})") from None
     if proc.returncode != 0:
         raise IntentdError(f"{ESPEAK} could not read {text!r}: {proc.stderr.strip()}")
     out: list[str] = []
