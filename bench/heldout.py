@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/heldout.py [--model DIR] [--per-phrasing 2] [--snr-db 20] [--seed 0]
                                       [--hangover-ms 480] [--phrasings FILE | --eval-phrasings [DIR]]
-                                      [--out bench/out/heldout]
+                                      [--voices ked_diphone,...] [--out bench/out/heldout]
 
 Takes the model's held-out phrasings (`DIR/metrics.json`: split.test_phrasings), renders each
 `--per-phrasing` times with the corpus's slot filler and speaks every text with two festival voices
-(a synthesizer the corpus does not use). `--phrasings FILE` speaks the phrasings a JSON list names
+(a synthesizer the corpus does not use; `--voices` names others, e.g. `hibari:heart`, a neural voice
+the corpus does not use either). `--phrasings FILE` speaks the phrasings a JSON list names
 instead (entries as in split.test_phrasings): give two models the phrasings neither trained on,
 and both score the very same utterances. `--eval-phrasings [DIR]` speaks bench/eval-phrasings/
 (10 per intent, written for evaluation only; refused if one sounds like a corpus phrasing), so
@@ -48,8 +49,9 @@ from segmentation import INTENTD, intent_accuracy, replay, score
 from streams import Stream, add_noise, assemble_stream, trim_silence
 
 from intentd.resample import resample
+from intentd.speak import speak
 from intentd.vad import VadConfig
-from intentd_train.corpus import CORPUS_RATE_HZ, PCM_SUBTYPE, PEAK_LEVEL
+from intentd_train.corpus import CORPUS_RATE_HZ, PCM_SUBTYPE, PEAK_LEVEL, CorpusConfig, plan_corpus
 from intentd_train.wording import INTENTS, CorpusError, Phrasing, in_corpus, load_phrasings, render
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +62,7 @@ TEXT2WAVE = "text2wave"
 FESTIVAL_PACKAGES = "festival festvox-kdlpc16k festvox-us-slt-hts"
 # festival voices (16 kHz diphone, 32 kHz HTS): none of the corpus's espeak-ng, flite and Pico.
 VOICES = ("ked_diphone", "cmu_us_slt_arctic_hts")
+SPEAK_WPM = 170  # for `intentd.speak` voices (`hibari:heart`): about their natural rate
 STREAM_RATE_HZ = 48000
 GAP_RANGE_S = (1.0, 2.5)
 GOAL = 0.95  # issue #3: at least 95 % of intents right on both paths
@@ -174,6 +177,25 @@ def festival(text: str, voice: str, cache: Path) -> tuple[np.ndarray, int]:
     return samples, rate_hz
 
 
+def synthesise(text: str, voice: str) -> tuple[np.ndarray, int]:
+    """A festival voice by name, or any `intentd.speak` voice with its prefix (`hibari:heart`)."""
+    if ":" in voice:
+        return speak(text, voice=voice, wpm=SPEAK_WPM)
+    return festival(text, voice, FESTIVAL_CACHE)
+
+
+def unseen_voices(value: str) -> tuple[str, ...]:
+    """Split `--voices a,b`; refuse a voice the demo corpus speaks with: it would not be unseen."""
+    voices = tuple(v.strip() for v in value.split(",") if v.strip())
+    in_corpus_voices = {clip.voice for clip in plan_corpus(CorpusConfig())}
+    seen = [v for v in voices if v in in_corpus_voices]
+    if not voices or seen:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(seen)} speaks in the demo corpus" if seen else "no voice given"
+        )
+    return voices
+
+
 def telephone_clip(
     raw: np.ndarray, rate_hz: int, snr_db: float, rng: np.random.Generator, clip_rate_hz: int
 ) -> np.ndarray:
@@ -229,7 +251,8 @@ def plot(report: dict, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_ylabel("held-out accuracy")
     noise = f"pink noise {report['snr_db']:g} dB"
-    ax.set_title(f"{Path(report['model']).name}: festival {' + '.join(VOICES)}, unseen phrasings, {noise}")
+    voices = " + ".join(report["voices"])
+    ax.set_title(f"{Path(report['model']).name}: {voices}, unseen phrasings, {noise}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -254,7 +277,12 @@ def print_table(report: dict) -> None:
 
 
 def speak_clips(
-    utterances: list[Utterance], out: Path, snr_db: float, seed: int, clip_rate_hz: int
+    utterances: list[Utterance],
+    voices: tuple[str, ...],
+    out: Path,
+    snr_db: float,
+    seed: int,
+    clip_rate_hz: int,
 ) -> tuple[list[dict], dict[str, list[tuple[str, np.ndarray, int]]]]:
     """Speak every utterance in every voice and write its noisy clip (8 kHz unless told).
 
@@ -263,14 +291,15 @@ def speak_clips(
     items: list[dict] = []
     speech: dict[str, list[tuple[str, np.ndarray, int]]] = {}
     shutil.rmtree(out / "clips", ignore_errors=True)
-    for v, voice in enumerate(VOICES):
-        (out / "clips" / voice).mkdir(parents=True)
+    for v, voice in enumerate(voices):
+        folder = out / "clips" / voice.replace(":", "-")
+        folder.mkdir(parents=True)
         rng = np.random.default_rng([seed, v])
         speech[voice] = []
         for u in utterances:
-            raw, rate_hz = festival(u.text, voice, FESTIVAL_CACHE)
+            raw, rate_hz = synthesise(u.text, voice)
             speech[voice].append((u.intent, raw, rate_hz))
-            path = out / "clips" / voice / f"{u.name}.wav"
+            path = folder / f"{u.name}.wav"
             clip = telephone_clip(raw, rate_hz, snr_db, rng, clip_rate_hz)
             sf.write(str(path), clip, clip_rate_hz, subtype=PCM_SUBTYPE)
             items.append(
@@ -318,19 +347,20 @@ def score_streams(
     """
     (out / "streams").mkdir(parents=True, exist_ok=True)
     # One order for both voices, shuffled so that neighbours in the stream differ in intent.
-    order = np.random.default_rng(args.seed).permutation(len(speech[VOICES[0]]))
+    order = np.random.default_rng(args.seed).permutation(len(speech[args.voices[0]]))
     summary: dict[str, dict] = {"segmentation": {}, "audio_s": {}}
-    for v, voice in enumerate(VOICES):
-        rng = np.random.default_rng([args.seed, len(VOICES) + v])
+    for v, voice in enumerate(args.voices):
+        rng = np.random.default_rng([args.seed, len(args.voices) + v])
         st = assemble_stream((speech[voice][i] for i in order), STREAM_RATE_HZ, args.snr_db, rng, GAP_RANGE_S)
-        sf.write(str(out / "streams" / f"{voice}.wav"), st.samples, STREAM_RATE_HZ, subtype=PCM_SUBTYPE)
+        name = voice.replace(":", "-")
+        sf.write(str(out / "streams" / f"{name}.wav"), st.samples, STREAM_RATE_HZ, subtype=PCM_SUBTYPE)
         print(f"replaying {st.samples.size / STREAM_RATE_HZ:.0f} s of {voice}", file=sys.stderr)
         confident = {
             "confident_hangover_ms": args.confident_hangover_ms,
             "confident_score": args.confident_score,
         }
         events = replay(st, args.model, args.hangover_ms, **confident)
-        (out / "streams" / f"{voice}.events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        (out / "streams" / f"{name}.events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
         summary["segmentation"][voice] = score(st.spans_s, [(e["start_s"], e["end_s"]) for e in events])
         summary["audio_s"][voice] = round(st.samples.size / STREAM_RATE_HZ, 1)
         voice_items = [item for item in items if item["voice"] == voice]
@@ -346,7 +376,7 @@ def score_streams(
 
 def run(args: argparse.Namespace) -> dict:
     """Synthesise, classify and replay; the report."""
-    if shutil.which(TEXT2WAVE) is None:
+    if any(":" not in voice for voice in args.voices) and shutil.which(TEXT2WAVE) is None:
         raise HeldoutError(f"{TEXT2WAVE} (festival) not found; apt-get install {FESTIVAL_PACKAGES}")
     per, seed = args.per_phrasing, args.seed
     if args.eval_phrasings is not None:
@@ -359,7 +389,7 @@ def run(args: argparse.Namespace) -> dict:
             f"{', '.join(missing)}",
             file=sys.stderr,
         )
-    print(f"{len(utterances)} utterances x {len(VOICES)} festival voices", file=sys.stderr)
+    print(f"{len(utterances)} utterances x {len(args.voices)} voices", file=sys.stderr)
     elapsed_s: dict[str, float] = {}
     started = last = time.monotonic()
 
@@ -369,7 +399,7 @@ def run(args: argparse.Namespace) -> dict:
         elapsed_s[name] = round(now - last, 1)
         last = now
 
-    items, speech = speak_clips(utterances, args.out, args.snr_db, args.seed, args.clip_rate_hz)
+    items, speech = speak_clips(utterances, args.voices, args.out, args.snr_db, args.seed, args.clip_rate_hz)
     lap("synthesis")
     score_clips(items, args.model)
     lap("classify")
@@ -387,7 +417,7 @@ def run(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "phrasings_file": args.phrasings and str(args.phrasings),
         "eval_phrasings": args.eval_phrasings and str(args.eval_phrasings),
-        "voices": [f"festival:{voice}" for voice in VOICES],
+        "voices": [voice if ":" in voice else f"festival:{voice}" for voice in args.voices],
         "phrasings": len(utterances) // args.per_phrasing,
         "missing_phrasings": missing,
         "utterances_per_voice": len(utterances),
@@ -441,6 +471,13 @@ def main() -> int:
         const=EVAL_PHRASINGS,
         help="speak the phrasings in DIR/<label>.txt instead (default DIR: bench/eval-phrasings, "
         "written for evaluation and never in the corpus): the same test for every model",
+    )
+    ap.add_argument(
+        "--voices",
+        type=unseen_voices,
+        default=VOICES,
+        help=f"comma-separated festival voices or prefixed intentd voices none of the corpus speaks "
+        f"with (default {','.join(VOICES)}; hibari:heart is a neural voice)",
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "heldout")
     args = ap.parse_args()

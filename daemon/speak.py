@@ -1,9 +1,10 @@
-"""Speech synthesis with espeak-ng, flite, SVOX Pico or Piper: for the demo, the corpus and the benches.
+"""Speech synthesis by espeak-ng, flite, SVOX Pico, Piper or Hibari: for the demo, corpus and benches.
 
 A voice is an espeak-ng voice name (`en-us`, `en-gb+f3`), `flite:<voice>` (`flite:slt`),
-`pico:<language>` (`pico:en-GB`) or `piper:joe`: four synthesizers of different kinds (formant,
-unit concatenation, Pico's small statistical models, a neural VITS voice trained on a person's
-recordings), so a model trained on all of them has not learnt one synthesizer's sound.
+`pico:<language>` (`pico:en-GB`), `piper:joe` or `hibari:heart`: five synthesizers of different
+kinds (formant, unit concatenation, Pico's small statistical models, a neural VITS voice trained
+on a person's recordings, a small network distilled from Kokoro-82M), so a model trained on all
+of them has not learnt one synthesizer's sound.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import shutil
 import subprocess
 import sys
 import zlib
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -72,13 +75,21 @@ sys.stdout.buffer.write(out.getvalue())
 """
 
 
+HIBARI_PREFIX = "hibari:"
+HIBARI_VOICES = ("heart",)  # Kokoro's af_heart, distilled; the one voice inside the hibari-tts wheel
+HIBARI_NATURAL_WPM = 170  # heart's speaking rate at speed 1
+HIBARI_RATE_HZ = 24000
+
+
 def speak(text: str, voice: str = "en-us", wpm: int = 160, pitch: int = 50) -> tuple[np.ndarray, int]:
     """Speak `text`; returns float32 mono samples and the synthesizer's sample rate.
 
     flite voices keep their own pitch: flite sets an absolute mean F0, which would turn
-    male voices female; `pitch` applies to espeak-ng and Pico (as a factor pitch / 50). Piper's
-    voice has no pitch control either.
+    male voices female; `pitch` applies to espeak-ng, Pico and Hibari (as a factor pitch / 50).
+    Piper's voice has no pitch control either.
     """
+    if voice.startswith(HIBARI_PREFIX):
+        return _hibari(text, voice[len(HIBARI_PREFIX) :], wpm, pitch)
     if voice.startswith(PIPER_PREFIX):
         return _piper(text, voice[len(PIPER_PREFIX) :], wpm)
     if voice.startswith(PICO_PREFIX):
@@ -110,6 +121,30 @@ def _piper(text: str, name: str, wpm: int) -> tuple[np.ndarray, int]:
     seed = str(zlib.crc32(f"{text}|{length_scale}".encode()))
     command = [sys.executable, "-c", _PIPER_CHILD, text, length_scale, seed]
     return _run(sys.executable, command, PIPER_PREFIX + name)
+
+
+@lru_cache(maxsize=len(HIBARI_VOICES))
+def _hibari_voice(name: str) -> Any:  # hibari-tts has no type hints
+    try:
+        from hibari import Hibari
+    except ImportError as exc:
+        raise IntentdError("hibari voices need hibari-tts; pip install 'intentd[train]'") from exc
+    return Hibari(voice=name)
+
+
+def _hibari(text: str, name: str, wpm: int, pitch: int) -> tuple[np.ndarray, int]:
+    if name not in HIBARI_VOICES:
+        raise IntentdError(f"unknown hibari voice {name!r}; choose from {', '.join(HIBARI_VOICES)}")
+    # Hibari has no pitch control, so the clip is labelled with a rate `factor` times its own:
+    # resampled from that, it plays `factor` higher (formants too: a shorter or longer vocal
+    # tract) and faster, which the synthesis speed makes up for.
+    factor = pitch / NATURAL_PITCH
+    speed = wpm / HIBARI_NATURAL_WPM / factor
+    # Its network draws noise for timing and timbre; a seed from the text and rate makes the same
+    # clip give the same samples. Runs in this process: Apache-2.0, one onnxruntime session.
+    seed = zlib.crc32(f"{text}|{speed:.4f}".encode())
+    samples = _hibari_voice(name)(text, speed=speed, seed=seed)
+    return np.asarray(samples, dtype=np.float32), round(HIBARI_RATE_HZ * factor)
 
 
 def _run(

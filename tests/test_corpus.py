@@ -1,4 +1,4 @@
-"""The espeak-ng + flite + Pico corpus: determinism, layout, WAV format and the errors a user hits."""
+"""The espeak-ng + flite + Pico + Piper corpus: determinism, layout, WAV format and the errors a user hits."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from intentd.errors import IntentdError
 from intentd.speak import (
     FLITE_PREFIX,
     FLITE_VOICES,
+    HIBARI_PREFIX,
     PICO_PREFIX,
     PICO_VOICES,
     PIPER_PREFIX,
@@ -95,6 +96,7 @@ def test_four_synthesizers_share_the_corpus() -> None:
     flite = [c.voice for c in clips if c.voice.startswith(FLITE_PREFIX)]
     pico = [c for c in clips if c.voice.startswith(PICO_PREFIX)]
     piper = [c for c in clips if c.voice.startswith(PIPER_PREFIX)]
+    assert not any(c.voice.startswith(HIBARI_PREFIX) for c in clips)  # kept for evaluation
     assert abs(len(flite) / len(clips) - FLITE_SHARE) < 0.03
     assert abs(len(pico) / len(clips) - PICO_SHARE) < 0.03
     assert abs(len(piper) / len(clips) - PIPER_SHARE) < 0.03
@@ -150,6 +152,22 @@ def test_the_piper_voice_follows_rate_and_repeats_itself_exactly() -> None:
 def test_unknown_piper_voices_are_refused() -> None:
     with pytest.raises(IntentdError, match="unknown piper voice 'amy'"):
         speak("hello", voice=PIPER_PREFIX + "amy")
+
+
+def test_the_hibari_voice_follows_rate_and_pitch_and_repeats_itself_exactly() -> None:
+    text = "I want to freeze my card right now please"
+    samples, rate_hz = speak(text, voice=HIBARI_PREFIX + "heart", wpm=170, pitch=36)
+    assert 1.0 < len(samples) / rate_hz < 4.0 and abs(samples).max() > 0.1
+    again, again_hz = speak(text, voice=HIBARI_PREFIX + "heart", wpm=170, pitch=36)
+    assert again_hz == rate_hz and np.array_equal(samples, again)
+    # The pitch shift labels the clip with another rate; heard at that rate, it is still 170 wpm.
+    high, high_hz = speak(text, voice=HIBARI_PREFIX + "heart", wpm=170, pitch=56)
+    assert _median_f0_hz(high, high_hz) > 1.3 * _median_f0_hz(samples, rate_hz)
+    assert 0.8 < (len(high) / high_hz) / (len(samples) / rate_hz) < 1.25
+    slow, slow_hz = speak(text, voice=HIBARI_PREFIX + "heart", wpm=110, pitch=36)
+    assert len(slow) / slow_hz > 1.3 * len(samples) / rate_hz
+    with pytest.raises(IntentdError, match="unknown hibari voice 'emma'"):
+        speak("hello", voice=HIBARI_PREFIX + "emma")
 
 
 def test_flite_voices_speak_and_unknown_ones_are_refused() -> None:
