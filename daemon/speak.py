@@ -135,6 +135,8 @@ def _hibari_voice(name: str) -> Any:  # hibari-tts has no type hints
 def _hibari(text: str, name: str, wpm: int, pitch: int) -> tuple[np.ndarray, int]:
     if name not in HIBARI_VOICES:
         raise IntentdError(f"unknown hibari voice {name!r}; choose from {', '.join(HIBARI_VOICES)}")
+    if pitch <= 0 or wpm <= 0:
+        raise IntentdError(f"hibari needs a positive rate and pitch, got {wpm} wpm and pitch {pitch}")
     # Hibari has no pitch control, so the clip is labelled with a rate `factor` times its own:
     # resampled from that, it plays `factor` higher (formants too: a shorter or longer vocal
     # tract) and faster, which the synthesis speed makes up for.

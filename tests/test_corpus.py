@@ -168,6 +168,8 @@ def test_the_hibari_voice_follows_rate_and_pitch_and_repeats_itself_exactly() ->
     assert len(slow) / slow_hz > 1.3 * len(samples) / rate_hz
     with pytest.raises(IntentdError, match="unknown hibari voice 'emma'"):
         speak("hello", voice=HIBARI_PREFIX + "emma")
+    with pytest.raises(IntentdError, match="positive rate and pitch"):
+        speak("hello", voice=HIBARI_PREFIX + "heart", pitch=0)
 
 
 def test_flite_voices_speak_and_unknown_ones_are_refused() -> None:
