@@ -15,8 +15,8 @@ every model, whatever its split, is scored on the same utterances; bench/eval-ph
 second such set, written without reading the corpus. festival's speech is cached in
 bench/out/festival/. Then scores both of the issue's paths:
 
-- clips: 8 kHz 16-bit WAVs with pink noise at `--snr-db` (OUT/clips/<voice>/), through
-  `intentd classify`; right when the top-1 intent is the true one;
+- clips: 8 kHz 16-bit WAVs with pink noise at `--snr-db` (OUT/clips/<voice>/; a `:` in a voice's
+  name is written `-` in paths), through `intentd classify`; right when the top-1 intent is the true one;
 - stream: per voice, one 48 kHz stream of the same utterances with 1.0-2.5 s gaps and pink noise at
   `--snr-db` over the whole stream (OUT/streams/<voice>.wav), through `intentd replay` with
   `vad.hangover_ms` set to `--hangover-ms` (default: the daemon's; events in
@@ -48,10 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from segmentation import INTENTD, intent_accuracy, replay, score
 from streams import Stream, add_noise, assemble_stream, trim_silence
 
+from intentd.errors import IntentdError
 from intentd.resample import resample
-from intentd.speak import speak
+from intentd.speak import HIBARI_NATURAL_WPM, HIBARI_PREFIX, HIBARI_VOICES, speak
 from intentd.vad import VadConfig
-from intentd_train.corpus import CORPUS_RATE_HZ, PCM_SUBTYPE, PEAK_LEVEL, CorpusConfig, plan_corpus
+from intentd_train.corpus import CORPUS_RATE_HZ, PCM_SUBTYPE, PEAK_LEVEL
 from intentd_train.wording import INTENTS, CorpusError, Phrasing, in_corpus, load_phrasings, render
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,9 +61,8 @@ EVAL_PHRASINGS = REPO / "bench" / "eval-phrasings"
 FESTIVAL_CACHE = REPO / "bench" / "out" / "festival"  # festival's speech by voice and text
 TEXT2WAVE = "text2wave"
 FESTIVAL_PACKAGES = "festival festvox-kdlpc16k festvox-us-slt-hts"
-# festival voices (16 kHz diphone, 32 kHz HTS): none of the corpus's espeak-ng, flite and Pico.
+# festival voices (16 kHz diphone, 32 kHz HTS): none of the corpus's espeak-ng, flite, Pico and Piper.
 VOICES = ("ked_diphone", "cmu_us_slt_arctic_hts")
-SPEAK_WPM = 170  # for `intentd.speak` voices (`hibari:heart`): about their natural rate
 STREAM_RATE_HZ = 48000
 GAP_RANGE_S = (1.0, 2.5)
 GOAL = 0.95  # issue #3: at least 95 % of intents right on both paths
@@ -178,20 +178,25 @@ def festival(text: str, voice: str, cache: Path) -> tuple[np.ndarray, int]:
 
 
 def synthesise(text: str, voice: str) -> tuple[np.ndarray, int]:
-    """A festival voice by name, or any `intentd.speak` voice with its prefix (`hibari:heart`)."""
-    if ":" in voice:
-        return speak(text, voice=voice, wpm=SPEAK_WPM)
-    return festival(text, voice, FESTIVAL_CACHE)
+    """A festival voice by name, or `hibari:heart` through `intentd.speak`."""
+    if ":" not in voice:
+        return festival(text, voice, FESTIVAL_CACHE)
+    try:
+        return speak(text, voice=voice, wpm=HIBARI_NATURAL_WPM)
+    except IntentdError as e:  # hibari-tts missing
+        raise HeldoutError(str(e)) from e
 
 
 def unseen_voices(value: str) -> tuple[str, ...]:
-    """Split `--voices a,b`; refuse a voice the demo corpus speaks with: it would not be unseen."""
-    voices = tuple(v.strip() for v in value.split(",") if v.strip())
-    in_corpus_voices = {clip.voice for clip in plan_corpus(CorpusConfig())}
-    seen = [v for v in voices if v in in_corpus_voices]
-    if not voices or seen:
+    """Split `--voices a,b`: festival voices, or Hibari's; the corpus's synthesizers are refused."""
+    voices = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    hibari = [HIBARI_PREFIX + name for name in HIBARI_VOICES]
+    other = [v for v in voices if ":" in v and v not in hibari]
+    if not voices or other:
         raise argparse.ArgumentTypeError(
-            f"{', '.join(seen)} speaks in the demo corpus" if seen else "no voice given"
+            f"{', '.join(other)}: only festival voices and {', '.join(hibari)} are unseen by the corpus"
+            if other
+            else "no voice given"
         )
     return voices
 
@@ -346,7 +351,7 @@ def score_streams(
     Returns the per-voice segmentation counts and stream lengths.
     """
     (out / "streams").mkdir(parents=True, exist_ok=True)
-    # One order for both voices, shuffled so that neighbours in the stream differ in intent.
+    # One order for every voice, shuffled so that neighbours in the stream differ in intent.
     order = np.random.default_rng(args.seed).permutation(len(speech[args.voices[0]]))
     summary: dict[str, dict] = {"segmentation": {}, "audio_s": {}}
     for v, voice in enumerate(args.voices):
@@ -476,8 +481,9 @@ def main() -> int:
         "--voices",
         type=unseen_voices,
         default=VOICES,
-        help=f"comma-separated festival voices or prefixed intentd voices none of the corpus speaks "
-        f"with (default {','.join(VOICES)}; hibari:heart is a neural voice)",
+        help=f"comma-separated festival voices, or hibari:heart (a neural voice); default "
+        f"{','.join(VOICES)}. Noise, gaps and order are drawn by each voice's place in the list, "
+        f"so compare runs made with the same --voices",
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "heldout")
     args = ap.parse_args()

@@ -1,10 +1,11 @@
 """Speech synthesis by espeak-ng, flite, SVOX Pico, Piper or Hibari: for the demo, corpus and benches.
 
 A voice is an espeak-ng voice name (`en-us`, `en-gb+f3`), `flite:<voice>` (`flite:slt`),
-`pico:<language>` (`pico:en-GB`), `piper:joe` or `hibari:heart`: five synthesizers of different
-kinds (formant, unit concatenation, Pico's small statistical models, a neural VITS voice trained
-on a person's recordings, a small network distilled from Kokoro-82M), so a model trained on all
-of them has not learnt one synthesizer's sound.
+`pico:<language>` (`pico:en-GB`), `piper:joe` or `hibari:heart`: synthesizers of different kinds
+(formant, unit concatenation, Pico's small statistical models, a neural VITS voice trained on a
+person's recordings), so a model trained on the first four has not learnt one synthesizer's sound.
+The fifth, a small network distilled from Kokoro-82M, stays out of the corpus: the held-out bench
+speaks with it as a synthesizer the model never heard.
 """
 
 from __future__ import annotations
