@@ -149,8 +149,8 @@ PRESETS: dict[str, dict[str, object]] = {
         "freeze_feature_encoder": False,
         "mask_time_prob": 0.0,
         "mask_feature_prob": 0.0,
-        # The transcript loss twice the intent loss: +4 to +5 points on festival against 1 on
-        # both evaluation sets (training/README.md, with a second seed).
+        # The transcript loss twice the intent loss: +4 to +5 points on festival against 1 at
+        # seed 0, -1 to -3 at seed 1 with fewer updates: not settled (training/README.md).
         "ctc_weight": 2.0,
         "augment": True,
         "average_decay": 0.9995,  # the last ~2,000 of ~10,000 updates
