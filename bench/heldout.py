@@ -177,9 +177,19 @@ def festival(text: str, voice: str, cache: Path) -> tuple[np.ndarray, int]:
     return samples, rate_hz
 
 
+def is_festival(voice: str) -> bool:
+    """festival voices go by bare name; `intentd.speak` voices carry a `prefix:`."""
+    return ":" not in voice
+
+
+def file_stem(voice: str) -> str:
+    """The voice's name in OUT's paths: `hibari:heart` -> `hibari-heart`."""
+    return voice.replace(":", "-")
+
+
 def synthesise(text: str, voice: str) -> tuple[np.ndarray, int]:
     """A festival voice by name, or `hibari:heart` through `intentd.speak`."""
-    if ":" not in voice:
+    if is_festival(voice):
         return festival(text, voice, FESTIVAL_CACHE)
     try:
         return speak(text, voice=voice, wpm=HIBARI_NATURAL_WPM)
@@ -191,7 +201,7 @@ def unseen_voices(value: str) -> tuple[str, ...]:
     """Split `--voices a,b`: festival voices, or Hibari's; the corpus's synthesizers are refused."""
     voices = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
     hibari = [HIBARI_PREFIX + name for name in HIBARI_VOICES]
-    other = [v for v in voices if ":" in v and v not in hibari]
+    other = [v for v in voices if not is_festival(v) and v not in hibari]
     if not voices or other:
         raise argparse.ArgumentTypeError(
             f"{', '.join(other)}: only festival voices and {', '.join(hibari)} are unseen by the corpus"
@@ -297,7 +307,7 @@ def speak_clips(
     speech: dict[str, list[tuple[str, np.ndarray, int]]] = {}
     shutil.rmtree(out / "clips", ignore_errors=True)
     for v, voice in enumerate(voices):
-        folder = out / "clips" / voice.replace(":", "-")
+        folder = out / "clips" / file_stem(voice)
         folder.mkdir(parents=True)
         rng = np.random.default_rng([seed, v])
         speech[voice] = []
@@ -357,7 +367,7 @@ def score_streams(
     for v, voice in enumerate(args.voices):
         rng = np.random.default_rng([args.seed, len(args.voices) + v])
         st = assemble_stream((speech[voice][i] for i in order), STREAM_RATE_HZ, args.snr_db, rng, GAP_RANGE_S)
-        name = voice.replace(":", "-")
+        name = file_stem(voice)
         sf.write(str(out / "streams" / f"{name}.wav"), st.samples, STREAM_RATE_HZ, subtype=PCM_SUBTYPE)
         print(f"replaying {st.samples.size / STREAM_RATE_HZ:.0f} s of {voice}", file=sys.stderr)
         confident = {
@@ -381,7 +391,7 @@ def score_streams(
 
 def run(args: argparse.Namespace) -> dict:
     """Synthesise, classify and replay; the report."""
-    if any(":" not in voice for voice in args.voices) and shutil.which(TEXT2WAVE) is None:
+    if any(map(is_festival, args.voices)) and shutil.which(TEXT2WAVE) is None:
         raise HeldoutError(f"{TEXT2WAVE} (festival) not found; apt-get install {FESTIVAL_PACKAGES}")
     per, seed = args.per_phrasing, args.seed
     if args.eval_phrasings is not None:
@@ -422,7 +432,7 @@ def run(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "phrasings_file": args.phrasings and str(args.phrasings),
         "eval_phrasings": args.eval_phrasings and str(args.eval_phrasings),
-        "voices": [voice if ":" in voice else f"festival:{voice}" for voice in args.voices],
+        "voices": [f"festival:{voice}" if is_festival(voice) else voice for voice in args.voices],
         "phrasings": len(utterances) // args.per_phrasing,
         "missing_phrasings": missing,
         "utterances_per_voice": len(utterances),
