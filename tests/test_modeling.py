@@ -70,3 +70,28 @@ def test_framed_model_saves_a_plain_checkpoint(batch: torch.Tensor, tmp_path: Pa
     assert type(loaded.wav2vec2.feature_extractor.conv_layers[0].conv) is torch.nn.Conv1d
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch[:, 0]).logits, before, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("flag", "layer_sum"), [([], True), (["--no-layer-sum"], False)])
+def test_layer_sum_flag_picks_what_the_classifier_reads(
+    batch: torch.Tensor, tmp_path: Path, flag: list[str], layer_sum: bool
+) -> None:
+    from datasets import Dataset
+
+    from intentd.cli import build_parser
+    from intentd_train.recipe import config_from_args
+
+    argv = ["train", "--data", str(tmp_path), "--from-config", "tiny", "--output", str(tmp_path)]
+    config = config_from_args(build_parser().parse_args(argv + flag))
+    assert config.layer_sum is layer_sum
+    _, model, _, _ = modeling.build(config, LABELS, Dataset.from_dict({"label": [0, 1]}), "label")
+    assert model.config.use_weighted_layer_sum is layer_sum
+    assert ("layer_weights" in model.state_dict()) is layer_sum
+    model.eval()
+    with torch.no_grad():
+        logits = model(batch[:, 0]).logits
+        last = model.wav2vec2(batch[:, 0]).last_hidden_state
+        from_last = model.classifier(model.projector(last).mean(1))
+    assert logits.shape == (2, len(LABELS))
+    # Without the mix, the last layer alone, pooled over its frames, gives the logits.
+    assert torch.allclose(logits, from_last, rtol=1e-4, atol=1e-5) is not layer_sum

@@ -113,7 +113,8 @@ def _from_scratch(config: TrainConfig, names: list[str]) -> tuple[Any, Any]:
         layerdrop=0.0,
         # The classifier also sees the conv features directly (layer 0): a from-scratch
         # transformer sits at chance for epochs, the CNN path gives it a signal from step one.
-        use_weighted_layer_sum=True,
+        # Off, it reads the last layer only, the one the transcript (CTC) head spells from.
+        use_weighted_layer_sum=config.layer_sum,
         # No dropout on the attention weights and the feed-forward's inner activations
         # (wav2vec2's own pretraining config has none on the latter): drawing their masks was
         # a fifth of a CPU training step, and a from-scratch model here underfits in its

@@ -95,6 +95,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "the text in American English",
     )
     p.add_argument(
+        "--layer-sum",
+        action=argparse.BooleanOptionalAction,
+        help="from scratch: the classifier reads a learnt mix of every layer (default) or, "
+        "with --no-layer-sum, the last layer only",
+    )
+    p.add_argument(
         "--average-decay",
         type=float,
         help="save an exponential moving average of the weights with this decay per update "
@@ -151,6 +157,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "mask_feature_prob": args.mask_feature_prob,
         "ctc_weight": args.ctc_weight,
         "ctc_units": args.ctc_units,
+        "layer_sum": args.layer_sum,
         "average_decay": args.average_decay,
         "test_fraction": args.test_fraction,
         "time_budget_min": args.time_budget_min,

@@ -121,6 +121,8 @@ class TrainConfig:
     # data has a text column. None: 1.0 from scratch, 0 (the plain recipe) when fine-tuning.
     ctc_weight: float | None = None
     ctc_units: str = "characters"  # one of CTC_UNITS
+    # From scratch: the classifier reads a learnt mix of every layer (True) or the last only.
+    layer_sum: bool = True
     augment: AugmentConfig | None = None
     # Save an exponential moving average of the weights (this decay per update) instead of the
     # last step's; 0 saves the last step's. The last step's go to LAST_STEP_DIR for comparison.
