@@ -145,9 +145,7 @@ def _decode(text: str | bytes, expected_type: str | None = None) -> dict[str, An
     if not isinstance(v, int) or isinstance(v, bool):
         raise ProtocolError(f"missing or non-integer protocol version {v!r}")
     if v != PROTOCOL_VERSION:
-        raise VersionError(
-            f"unsupported protocol version {v!r} (this client speaks {PROTOCOL_VERSION})"
-        )
+        raise VersionError(f"unsupported protocol version {v!r} (this client speaks {PROTOCOL_VERSION})")
     if expected_type is not None and d.get("type") != expected_type:
         raise ProtocolError(f"expected type {expected_type!r}, got {d.get('type')!r}")
     return d

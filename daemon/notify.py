@@ -115,9 +115,7 @@ class Notifier:
         try:
             with self._lock:
                 if self._sock is None:
-                    self._sock = socket.socket(
-                        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
-                    )
+                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                     # A manager that stops reading fills the datagram queue (10 deep by
                     # default); the daemon must not hang on it, so a send gives up.
                     self._sock.settimeout(SEND_TIMEOUT_S)
@@ -126,9 +124,7 @@ class Notifier:
             self.send_failures += 1
             if not self._failing:
                 # Once per outage: a gone manager must not flood the log at every ping.
-                log.warning(
-                    "sd_notify to %s failed: %s (further failures counted)", self._raw_address, e
-                )
+                log.warning("sd_notify to %s failed: %s (further failures counted)", self._raw_address, e)
                 self._failing = True
             return False
         if self._failing:

@@ -247,9 +247,7 @@ def intentd(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return r
 
 
-def test_classify_whole_corpus_in_one_call(
-    corpus: dict[str, Path], hour_wav: Path, tiny_model: Path
-) -> None:
+def test_classify_whole_corpus_in_one_call(corpus: dict[str, Path], hour_wav: Path, tiny_model: Path) -> None:
     entries = [*CORPUS, HOUR]
     paths = {**corpus, HOUR.name: hour_wav}
     r = intentd("classify", *(paths[e.name] for e in entries), "--model", tiny_model, "--device", "cpu")

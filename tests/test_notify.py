@@ -105,9 +105,7 @@ def test_without_notify_socket_everything_is_a_no_op() -> None:
     assert (n.sent, n.send_failures) == (0, 0)
 
 
-def test_send_failure_is_counted_and_logged_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_send_failure_is_counted_and_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     n = Notifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
     with caplog.at_level(logging.WARNING, logger="intentd.notify"):
         for _ in range(5):

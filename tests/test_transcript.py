@@ -49,9 +49,7 @@ def test_ctc_adds_to_the_intent_loss_and_trains_the_head(tiny_model: Path) -> No
     batch = _batch(tiny_model, ["check my balance", None, "freeze my card"])
     assert batch["transcript_lengths"].tolist() == [16, 0, 14]
     with_text = model(**batch)
-    plain = classifier(
-        batch["input_values"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-    )
+    plain = classifier(batch["input_values"], attention_mask=batch["attention_mask"], labels=batch["labels"])
     assert with_text.loss > plain.loss
     torch.testing.assert_close(with_text.logits, plain.logits)
     with_text.loss.backward()
@@ -77,7 +75,5 @@ def test_clips_cut_short_or_without_text_add_no_ctc(tiny_model: Path) -> None:
     # Cut at 1.1 s: the 1.25 s and 1.5 s clips lose their ends and so their transcripts.
     batch = _batch(tiny_model, [None, "check my balance", "freeze my card"], max_length_s=1.1)
     assert batch["transcript_lengths"].tolist() == [0, 0, 0]
-    plain = classifier(
-        batch["input_values"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-    )
+    plain = classifier(batch["input_values"], attention_mask=batch["attention_mask"], labels=batch["labels"])
     torch.testing.assert_close(model(**batch).loss, plain.loss)

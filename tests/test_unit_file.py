@@ -183,10 +183,10 @@ def test_install_keeps_an_existing_config_and_rewrites_the_prefix(tmp_path: Path
     root = tmp_path / "root"
     conf = root / "etc/intentd/intentd.toml"
     conf.parent.mkdir(parents=True)
-    conf.write_text("[model]\ndevice = \"cpu\"\n")
+    conf.write_text('[model]\ndevice = "cpu"\n')
     result = _install(root, "--prefix", "/srv/intentd")
     assert result.returncode == 0, result.stderr
-    assert conf.read_text() == "[model]\ndevice = \"cpu\"\n"
+    assert conf.read_text() == '[model]\ndevice = "cpu"\n'
     unit = (root / "etc/systemd/system/intentd.service").read_text()
     assert _settings(unit)["ExecStart"][0].startswith("/srv/intentd/.venv/bin/intentd ")
     assert "/opt/intentd/" not in unit

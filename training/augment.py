@@ -146,8 +146,7 @@ class Collator:
         full = [np.asarray(f["input_values"], dtype=np.float32) for f in features]
         if self.augmenter is not None:
             full = [
-                self.augmenter(w) if f.get(AUGMENT_COLUMN) else w
-                for f, w in zip(features, full, strict=True)
+                self.augmenter(w) if f.get(AUGMENT_COLUMN) else w for f, w in zip(features, full, strict=True)
             ]
         waves = [w[:max_samples] for w in full]
         batch = self.feature_extractor(  # type: ignore[operator]

@@ -250,4 +250,3 @@ def as_model_inputs(ds: Dataset, label_column: str, transcript_units: str | None
 def text_column_of(ds: Dataset) -> str | None:
     """The column holding what each clip says, if the dataset has one."""
     return next((c for c in TEXT_COLUMNS if c in ds.column_names), None)
-

@@ -123,9 +123,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="demo: small from-scratch model on the synthetic corpus (generated if absent) "
         "into models/demo; other flags override it",
     )
-    p.add_argument(
-        "--log-level", default="info", help="debug, info (default), warning or error"
-    )
+    p.add_argument("--log-level", default="info", help="debug, info (default), warning or error")
     p.set_defaults(func=run)
     return p
 
@@ -245,9 +243,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # The daemon band-limits wider input to this (intentd.model.TRAINED_RATE_KEY): a model
     # trained on 8 kHz clips, like MInDS-14 or our corpus, has never heard 4-8 kHz.
     trained_rate_hz = int(max(decoded_train[data.SOURCE_RATE_COLUMN]))
-    train_ds = data.as_model_inputs(
-        decoded_train, label_column, config.ctc_units if use_ctc else None
-    )
+    train_ds = data.as_model_inputs(decoded_train, label_column, config.ctc_units if use_ctc else None)
     test_ds = data.as_model_inputs(
         data.decode(parts.test, config.max_length_s, "decoding held-out clips"), label_column
     )

@@ -154,17 +154,17 @@ tags: [intentd, wav2vec2, intent-classification]
 ---
 # intentd intent classifier
 
-Wav2Vec2 audio classifier for {len(metrics['labels'])} spoken banking intents, trained with
-`intentd train`{f' --preset {config.preset}' if config.preset else ''}.
+Wav2Vec2 audio classifier for {len(metrics["labels"])} spoken banking intents, trained with
+`intentd train`{f" --preset {config.preset}" if config.preset else ""}.
 
-- Model: {base}; {metrics['parameters'] / 1e6:.2f} M parameters
-- Data: {source}; {metrics['train_clips']} training clips
-- Held-out split: {metrics['split'].get('kind')}
-- Held-out accuracy: **{metrics['accuracy']:.3f}** on {metrics['test_clips']} clips{caution}
-- Training: {metrics['epochs_run']:g} epochs ({metrics['updates']} updates), lr {config.learning_rate:g},
+- Model: {base}; {metrics["parameters"] / 1e6:.2f} M parameters
+- Data: {source}; {metrics["train_clips"]} training clips
+- Held-out split: {metrics["split"].get("kind")}
+- Held-out accuracy: **{metrics["accuracy"]:.3f}** on {metrics["test_clips"]} clips{caution}
+- Training: {metrics["epochs_run"]:g} epochs ({metrics["updates"]} updates), lr {config.learning_rate:g},
   batch {config.batch_size}, clips cut at {config.max_length_s:g} s, augmentation
-  {'on' if config.augment else 'off'}, transcript CTC weight {config.ctc_weight or 0:g},
-  {metrics['train_time_s']:.0f} s, seed {config.seed}
+  {"on" if config.augment else "off"}, transcript CTC weight {config.ctc_weight or 0:g},
+  {metrics["train_time_s"]:.0f} s, seed {config.seed}
 
 Input: 16 kHz float32 mono (intentd resamples every source to 16 kHz with the same code
 used in training). Load with `AutoFeatureExtractor` and `AutoModelForAudioClassification`.
@@ -174,7 +174,7 @@ used in training). Load with `AutoFeatureExtractor` and `AutoModelForAudioClassi
 {rows}
 
 Other held-out views:
-{diag or '- none'}
+{diag or "- none"}
 
 Limits: scores are measured on the held-out part of the training distribution; see
 `metrics.json` for the exact split. Plots: `{CONFUSION_PNG}`, `{CURVE_PNG}`.
