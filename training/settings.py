@@ -152,8 +152,8 @@ PRESETS: dict[str, dict[str, object]] = {
         "mask_time_prob": 0.0,
         "mask_feature_prob": 0.0,
         # The transcript loss four times the intent loss. At seed 0, 1 -> 2 -> 4 rose on both
-        # festival sets (+4 to +8 points from 1 to 4); 2 at seed 1 lost 1-3 points, 4 at seed 1 is
-        # unmeasured: a lead, not settled (training/README.md).
+        # festival sets (+4 to +8 points from 1 to 4); 2 at seed 1 lost 1-3 points, 4 at seed 1
+        # beat 1 at seed 1 too (+1 to +8 points) (training/README.md).
         "ctc_weight": 4.0,
         "augment": True,
         "average_decay": 0.9995,  # the last ~2,000 of ~10,000 updates
