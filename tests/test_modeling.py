@@ -95,3 +95,14 @@ def test_layer_sum_flag_picks_what_the_classifier_reads(
     assert logits.shape == (2, len(LABELS))
     # Without the mix, the last layer alone, pooled over its frames, gives the logits.
     assert torch.allclose(logits, from_last, rtol=1e-4, atol=1e-5) is not layer_sum
+
+
+def test_no_layer_sum_is_refused_for_a_pretrained_checkpoint(tmp_path: Path) -> None:
+    from intentd.cli import build_parser
+    from intentd.errors import IntentdError
+    from intentd_train.recipe import config_from_args
+
+    argv = ["train", "--data", str(tmp_path), "--base-model", str(tmp_path), "--output", str(tmp_path)]
+    assert config_from_args(build_parser().parse_args(argv)).layer_sum
+    with pytest.raises(IntentdError, match="--no-layer-sum applies to --from-config only"):
+        config_from_args(build_parser().parse_args([*argv, "--no-layer-sum"]))

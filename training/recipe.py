@@ -193,6 +193,8 @@ def _validate(c: TrainConfig) -> None:
         raise IntentdError(f"--test-fraction {c.test_fraction} must be between 0 and 1")
     if c.ctc_weight is not None and c.ctc_weight < 0:
         raise IntentdError(f"--ctc-weight {c.ctc_weight} must be >= 0")
+    if not c.layer_sum and c.from_config is None:
+        raise IntentdError("--no-layer-sum applies to --from-config only: a checkpoint keeps its own")
     if not 0.0 <= c.average_decay < 1.0:
         raise IntentdError(f"--average-decay {c.average_decay} must be in [0, 1)")
     if not (0.0 <= c.mask_time_prob < 1.0 and 0.0 <= c.mask_feature_prob < 1.0):
