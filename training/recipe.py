@@ -95,6 +95,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "the text in American English",
     )
     p.add_argument(
+        "--words-weight",
+        type=float,
+        help="weight of an auxiliary loss: from the pooled vector the classifier reads, predict "
+        "which words the transcript holds (a bag of words); the head is dropped at save "
+        "(default 0: off)",
+    )
+    p.add_argument(
         "--layer-sum",
         action=argparse.BooleanOptionalAction,
         help="from scratch: the classifier reads a learnt mix of every layer (default) or, "
@@ -155,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "mask_feature_prob": args.mask_feature_prob,
         "ctc_weight": args.ctc_weight,
         "ctc_units": args.ctc_units,
+        "words_weight": args.words_weight,
         "layer_sum": args.layer_sum,
         "average_decay": args.average_decay,
         "test_fraction": args.test_fraction,
@@ -193,6 +201,8 @@ def _validate(c: TrainConfig) -> None:
         raise IntentdError(f"--test-fraction {c.test_fraction} must be between 0 and 1")
     if c.ctc_weight is not None and c.ctc_weight < 0:
         raise IntentdError(f"--ctc-weight {c.ctc_weight} must be >= 0")
+    if c.words_weight < 0:
+        raise IntentdError(f"--words-weight {c.words_weight} must be >= 0")
     if not c.layer_sum and c.from_config is None:
         raise IntentdError("--no-layer-sum applies to --from-config only: a checkpoint keeps its own")
     if not 0.0 <= c.average_decay < 1.0:
@@ -238,9 +248,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
         log.info("waveform conv computed as frames x kernel (a faster CPU gradient)")
     parts = data.split(raw, label_column, config)
     log.info("split: %s", {k: v for k, v in parts.definition.items() if k != "test_phrasings"})
-    ctc_weight = _ctc_weight(config) if data.text_column_of(raw) is not None else 0.0
-    config = dataclasses.replace(config, ctc_weight=ctc_weight)  # metrics.json shows what ran
-    use_ctc = ctc_weight > 0
+    has_text = data.text_column_of(raw) is not None
+    ctc_weight = _ctc_weight(config) if has_text else 0.0
+    words_weight = config.words_weight if has_text else 0.0
+    # metrics.json shows what ran
+    config = dataclasses.replace(config, ctc_weight=ctc_weight, words_weight=words_weight)
+    use_ctc = ctc_weight > 0 or words_weight > 0
     decoded_train = data.decode(parts.train, config.max_length_s, "decoding training clips")
     # The daemon band-limits wider input to this (intentd.model.TRAINED_RATE_KEY): a model
     # trained on 8 kHz clips, like MInDS-14 or our corpus, has never heard 4-8 kHz.
@@ -292,7 +305,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         from intentd_train.transcript import WithTranscriptHead
 
         log.info("auxiliary transcript CTC loss in %s, weight %g", config.ctc_units, ctc_weight)
-        model = WithTranscriptHead(classifier, ctc_weight, config.ctc_units)
+        if words_weight > 0:
+            log.info("auxiliary word-bag loss on the pooled vector, weight %g", words_weight)
+        model = WithTranscriptHead(classifier, ctc_weight, config.ctc_units, words_weight)
     optimizers: tuple[Any, Any] = (None, None)
     callbacks = []
     if config.time_budget_min is not None:

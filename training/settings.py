@@ -121,6 +121,8 @@ class TrainConfig:
     # data has a text column. None: 1.0 from scratch, 0 (the plain recipe) when fine-tuning.
     ctc_weight: float | None = None
     ctc_units: str = "characters"  # one of CTC_UNITS
+    # Weight of the auxiliary word-bag loss on the pooled vector the classifier reads (0: off).
+    words_weight: float = 0.0
     # From scratch: the classifier reads a learnt mix of every layer (True) or the last only.
     layer_sum: bool = True
     augment: AugmentConfig | None = None

@@ -6,6 +6,11 @@ steps and then memorises whole sentences; it has nothing that says "these sounds
 hidden layer gets that as a second loss, spelled in characters or in phonemes (espeak-ng's
 reading of the text: English spelling is a poor guide to sound). Only the classifier is saved:
 the head is a training aid, and the checkpoint stays a plain `Wav2Vec2ForSequenceClassification`.
+
+A second, optional aid (`words_weight`) works on what the classifier itself reads: from the
+pooled vector its last layer sees, a linear head predicts which words the transcript holds (a bag
+of words, hashed into WORD_BUCKETS). New phrasings of an intent share its words, not its sentences,
+so a pooled vector that must say which words were spoken is one a linear classifier can reuse.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import re
 import string
 import subprocess
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +40,8 @@ PHONEMES = (
 ).split()
 PHONEME_VOICE = "en-us"
 BLANK = 0  # CTC blank; a vocabulary's symbol i is token i + 1, and token 1 is the word break
+WORD_BREAK = 1
+WORD_BUCKETS = 4096  # the corpus has ~1,500 distinct words: few share a bucket
 _DROP = re.compile(r"[,.?!;:\"()\-]")
 _SPACES = re.compile(r"\s+")
 _STRESS = str.maketrans("", "", "ˈˌ")
@@ -88,14 +96,34 @@ def phonemes(text: str) -> list[str]:
     return out
 
 
-class WithTranscriptHead(nn.Module):
-    """The classifier plus a CTC head; `forward` returns both losses summed as one."""
+def word_bag(transcript: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(N, WORD_BUCKETS) multi-hot: the words of each padded transcript row, hashed; any units."""
+    bag = torch.zeros(len(lengths), WORD_BUCKETS)
+    for row, (ids, n) in enumerate(zip(transcript.tolist(), lengths.tolist(), strict=True)):
+        words = bytes(ids[:n]).split(bytes([WORD_BREAK]))  # every vocabulary has < 256 symbols
+        bag[row, [zlib.crc32(w) % WORD_BUCKETS for w in words if w]] = 1.0
+    return bag
 
-    def __init__(self, classifier: Any, ctc_weight: float, units: str = "characters") -> None:
+
+class WithTranscriptHead(nn.Module):
+    """The classifier plus a CTC head (and a word-bag head); `forward` sums the losses as one."""
+
+    def __init__(
+        self, classifier: Any, ctc_weight: float, units: str = "characters", words_weight: float = 0.0
+    ) -> None:
         super().__init__()
         self.classifier = classifier
         self.ctc_weight = ctc_weight
         self.ctc_head = nn.Linear(classifier.config.hidden_size, len(vocabulary(units)) + 1)
+        self.words_weight = words_weight
+        self.words_head = None
+        self._pooled: torch.Tensor | None = None
+        if words_weight > 0:
+            self.words_head = nn.Linear(classifier.classifier.in_features, WORD_BUCKETS)
+            classifier.classifier.register_forward_pre_hook(self._keep_pooled)
+
+    def _keep_pooled(self, _module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        self._pooled = args[0]
 
     def forward(
         self,
@@ -105,7 +133,8 @@ class WithTranscriptHead(nn.Module):
         transcript: torch.Tensor | None = None,
         transcript_lengths: torch.Tensor | None = None,
     ) -> Any:
-        """Intent logits; with labels, loss = intent CE + ctc_weight * transcript CTC."""
+        """Intent logits; with labels, loss = intent CE + ctc_weight * transcript CTC
+        (+ words_weight * the word-bag cross-entropy per word the transcript holds)."""
         keep = None if transcript_lengths is None else (transcript_lengths > 0).nonzero().squeeze(1)
         with_ctc = transcript is not None and keep is not None and keep.numel() > 0
         out = self.classifier(
@@ -114,6 +143,7 @@ class WithTranscriptHead(nn.Module):
             labels=labels,
             output_hidden_states=with_ctc,
         )
+        pooled, self._pooled = self._pooled, None
         if not with_ctc or out.loss is None:
             return out
         samples = (
@@ -132,5 +162,13 @@ class WithTranscriptHead(nn.Module):
             zero_infinity=True,
         )
         out.loss = out.loss + self.ctc_weight * ctc
+        if self.words_head is not None and pooled is not None:
+            bag = word_bag(transcript[keep], transcript_lengths[keep]).to(pooled.device)
+            logits = self.words_head(pooled[keep]).float()
+            bce = nn.functional.binary_cross_entropy_with_logits(logits, bag, reduction="none")
+            # Per word the clip holds, as the CTC loss is per symbol: a weight of 1 sits near
+            # the intent loss once the head has learnt that most buckets are empty.
+            words = (bce.sum(-1) / bag.sum(-1)).mean()
+            out.loss = out.loss + self.words_weight * words
         out.hidden_states = None
         return out
