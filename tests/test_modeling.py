@@ -106,3 +106,17 @@ def test_no_layer_sum_is_refused_for_a_pretrained_checkpoint(tmp_path: Path) -> 
     assert config_from_args(build_parser().parse_args(argv)).layer_sum
     with pytest.raises(IntentdError, match="--no-layer-sum applies to --from-config only"):
         config_from_args(build_parser().parse_args([*argv, "--no-layer-sum"]))
+
+
+def test_training_computes_no_gradient_for_the_waveform(batch: torch.Tensor, tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    config = TrainConfig(output_dir=tmp_path, from_config="tiny", freeze_feature_encoder=False)
+    _, model, _, _ = modeling.build(config, LABELS, Dataset.from_dict({"label": [0, 1]}), "label")
+    seen: list[torch.Tensor] = []
+    first = model.wav2vec2.feature_extractor.conv_layers[0]
+    first.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    model.train()
+    model(batch[:, 0], labels=torch.tensor([0, 1])).loss.backward()
+    assert not seen[0].requires_grad  # transformers would set it, for gradient checkpointing
+    assert first.conv.weight.grad is not None and first.conv.weight.grad.abs().sum() > 0

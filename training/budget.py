@@ -47,6 +47,7 @@ class TimeBudget(TrainerCallback):
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=lr,
+            foreach=True,  # one kernel per step for all tensors: on a CPU too
         )
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, self._multiplier)
 
