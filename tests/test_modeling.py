@@ -79,7 +79,7 @@ def test_layer_sum_flag_picks_what_the_classifier_reads(
     from datasets import Dataset
 
     from intentd.cli import build_parser
-    from intentd_train.recipe import config_from_args
+    from intentd_train.arguments import config_from_args
 
     argv = ["train", "--data", str(tmp_path), "--from-config", "tiny", "--output", str(tmp_path)]
     config = config_from_args(build_parser().parse_args(argv + flag))
@@ -100,7 +100,7 @@ def test_layer_sum_flag_picks_what_the_classifier_reads(
 def test_no_layer_sum_is_refused_for_a_pretrained_checkpoint(tmp_path: Path) -> None:
     from intentd.cli import build_parser
     from intentd.errors import IntentdError
-    from intentd_train.recipe import config_from_args
+    from intentd_train.arguments import config_from_args
 
     argv = ["train", "--data", str(tmp_path), "--base-model", str(tmp_path), "--output", str(tmp_path)]
     assert config_from_args(build_parser().parse_args(argv)).layer_sum

@@ -129,7 +129,7 @@ def test_the_word_bag_loss_shapes_what_the_classifier_reads(tiny_model: Path) ->
 def test_words_weight_flag(tmp_path: Path) -> None:
     from intentd.cli import build_parser
     from intentd.errors import IntentdError
-    from intentd_train.recipe import config_from_args
+    from intentd_train.arguments import config_from_args
 
     argv = ["train", "--data", str(tmp_path), "--from-config", "tiny", "--output", str(tmp_path)]
     assert config_from_args(build_parser().parse_args(argv)).words_weight == 0.0

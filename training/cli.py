@@ -7,7 +7,7 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `intentd corpus` and `intentd train`; each parser sets `func(args) -> int`."""
-    from intentd_train import corpus, recipe
+    from intentd_train import arguments, corpus
 
     corpus.add_parser(subparsers)
-    recipe.add_parser(subparsers)
+    arguments.add_parser(subparsers)
