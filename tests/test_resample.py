@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from intentd.resample import MODEL_RATE_HZ, Resampler, resample, to_model_rate
+from intentd.resample import MODEL_RATE_HZ, Resampler, change_speed, resample, to_model_rate
 from intentd.segment import Segment
 
 RATES_HZ = [8000, 11025, 16000, 22050, 32000, 44100, 48000]
@@ -114,3 +114,20 @@ def test_a_model_trained_on_8khz_audio_gets_only_its_band() -> None:
 def test_input_no_wider_than_the_training_audio_is_only_resampled(rate_hz: int, trained_rate_hz: int) -> None:
     x = tone(rate_hz)
     assert np.array_equal(to_model_rate(x, rate_hz, trained_rate_hz), resample(x, rate_hz))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_change_speed_plays_faster_in_tempo_and_pitch(dtype: type) -> None:
+    t = np.arange(MODEL_RATE_HZ) / MODEL_RATE_HZ
+    x = np.sin(2 * np.pi * 400 * t).astype(dtype)
+    y = change_speed(x, 1.25)
+    assert y.dtype == dtype and len(y) == pytest.approx(len(x) / 1.25, abs=1)
+    peak_hz = np.argmax(np.abs(np.fft.rfft(y))) * MODEL_RATE_HZ / len(y)
+    assert peak_hz == pytest.approx(500, abs=2)  # 400 Hz played 1.25 times as fast
+    same = change_speed(x, 1.0)
+    assert same is not x and np.array_equal(same, x)
+
+
+def test_change_speed_refuses_a_speed_that_is_not_positive() -> None:
+    with pytest.raises(ValueError, match="speed must be positive"):
+        change_speed(np.zeros(100, np.float32), 0.0)

@@ -13,6 +13,7 @@ from scipy.fft import irfft, next_fast_len, rfft
 from scipy.signal import fftconvolve, lfilter
 from transformers import TrainerCallback
 
+from intentd.resample import change_speed
 from intentd_train.settings import TARGET_RATE_HZ, AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,7 @@ class Augmenter:
         if rng.random() >= self.share:
             return wave.astype(np.float32)
         x = wave.astype(np.float64)
-        speed = rng.uniform(*c.speed_range)
-        if abs(speed - 1.0) > 1e-3:
-            # Linear-interpolation resampling: tempo and pitch change together.
-            pos = np.arange(0.0, len(x) - 1, speed)
-            x = np.interp(pos, np.arange(len(x)), x)
+        x = change_speed(x, rng.uniform(*c.speed_range))
         pad = (rng.uniform(0, c.pad_s_max, size=2) * TARGET_RATE_HZ).astype(int)
         x = np.concatenate([np.zeros(pad[0]), x, np.zeros(pad[1])])
         if rng.random() < c.eq_prob:
