@@ -307,7 +307,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     _setup_logging(args, "warning")
     import torch
 
-    from intentd.model import TRAINED_RATE_KEY, resolve_device, trained_rate_hz
+    from intentd.model import TRAINED_RATE_KEY, TTA_SPEEDS_KEY, resolve_device, trained_rate_hz, tta_speeds
 
     cfg = _config_from_args(args)
     model_path = str(Path(cfg.model.resolved_path).resolve())
@@ -325,6 +325,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "labels": labels,
         # None: not recorded, so no band limit; a bad value is the error classify would give.
         "trained_rate_hz": trained_rate_hz(model_config.get(TRAINED_RATE_KEY), Path(model_path)),
+        "tta_speeds": list(tta_speeds(model_config.get(TTA_SPEEDS_KEY), Path(model_path))),
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
     }

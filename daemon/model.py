@@ -19,7 +19,7 @@ from intentd import ort
 from intentd.encoder import MatmulEncoder
 from intentd.encoder import supports as encoder_supports
 from intentd.errors import ModelError
-from intentd.resample import MODEL_RATE_HZ
+from intentd.resample import MODEL_RATE_HZ, change_speed
 from intentd.rewrites import (
     Bf16Convs,
     ClipLengthNorm,
@@ -38,6 +38,10 @@ PRECISIONS = ("fp32", "int8")
 # config.json key `intentd train` writes: the sample rate of the audio the model was trained on
 # (the highest among its training clips). Input wider than that is band-limited to it.
 TRAINED_RATE_KEY = "intentd_trained_rate_hz"
+# config.json key: test-time speeds. Each utterance is classified at each speed (tempo and pitch
+# together, as training's speed augmentation) and the probabilities are averaged. Absent: 1 only.
+TTA_SPEEDS_KEY = "intentd_tta_speeds"
+TTA_SPEED_RANGE = (0.8, 1.25)
 # Clips whose lengths are within this ratio of each other share a forward pass: sorted length
 # buckets keep padding (work spent on zeros) under 25 % of a batch.
 MAX_PAD_RATIO = 1.25
@@ -56,7 +60,7 @@ class Prediction:
     intent: str  # top-1 label, or "unknown" when its score is below min_score
     score: float
     top_k: tuple[tuple[str, float], ...]
-    inference_ms: float  # wall time of the batch this utterance ran in
+    inference_ms: float  # wall time of the forward passes this utterance ran in
 
 
 def resolve_device(device: str) -> torch.device:
@@ -147,6 +151,9 @@ class Classifier:
         self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
         self.name = self.path.resolve().name
         self.trained_rate_hz = trained_rate_hz(getattr(cfg, TRAINED_RATE_KEY, None), self.path)
+        self.tta_speeds = tta_speeds(getattr(cfg, TTA_SPEEDS_KEY, None), self.path)
+        if self.tta_speeds != (1.0,):
+            log.info("model %s classifies each utterance at speeds %s", self.name, self.tta_speeds)
         if self.trained_rate_hz is not None and self.trained_rate_hz < MODEL_RATE_HZ:
             log.info(
                 "model %s was trained on %d Hz audio: input is band-limited to %d Hz",
@@ -186,14 +193,25 @@ class Classifier:
         """Classify utterances (float32 mono, 16 kHz); results in input order."""
         if not batch:
             return []
-        out: list[Prediction | None] = [None] * len(batch)
-        for group in self._groups(batch):
+        speeds = self.tta_speeds
+        # Each utterance at each test-time speed, utterance-major: rows i*k .. i*k+k-1.
+        rows = [x if s == 1.0 else change_speed(x, s) for x in batch for s in speeds]
+        probs = np.zeros((len(rows), len(self.labels)), np.float32)
+        group_of = [0] * len(rows)
+        group_ms: list[float] = []
+        for g, group in enumerate(self._groups(rows)):
             t0 = time.perf_counter()
-            probs = self._forward([batch[i] for i in group])
-            ms = (time.perf_counter() - t0) * 1000.0
-            for i, p in zip(group, probs, strict=True):
-                out[i] = self._prediction(p, ms)
-        return [p for p in out if p is not None]
+            probs[group] = self._forward([rows[i] for i in group])
+            group_ms.append((time.perf_counter() - t0) * 1000.0)
+            for i in group:
+                group_of[i] = g
+        k = len(speeds)
+        out = []
+        for u in range(len(batch)):
+            mine = range(u * k, u * k + k)
+            ms = sum(group_ms[g] for g in {group_of[i] for i in mine})
+            out.append(self._prediction(probs[mine].mean(axis=0), ms))
+        return out
 
     def _groups(self, batch: Sequence[np.ndarray]) -> list[list[int]]:
         return batch_groups([len(x) for x in batch], self.pads_batches)
@@ -278,6 +296,22 @@ def trained_rate_hz(value: object, path: Path) -> int | None:
             f"got {value!r}; fix it or remove the key"
         )
     return int(value)  # type: ignore[call-overload]
+
+
+def tta_speeds(value: object, path: Path) -> tuple[float, ...]:
+    """Check config.json's `TTA_SPEEDS_KEY` value: the speeds each utterance is classified at."""
+    if value is None:
+        return (1.0,)
+    lo, hi = TTA_SPEED_RANGE
+    numbers = isinstance(value, list) and all(
+        isinstance(s, int | float) and not isinstance(s, bool) for s in value
+    )
+    if not numbers or not value or not all(lo <= s <= hi for s in value):  # type: ignore[union-attr]
+        raise ModelError(
+            f"model folder {path}: config.json {TTA_SPEEDS_KEY} must be a non-empty list of speeds "
+            f"in [{lo}, {hi}], got {value!r}; fix it or remove the key"
+        )
+    return tuple(float(s) for s in value)  # type: ignore[union-attr]
 
 
 def _load_onnx(

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import speech
-from tinymodel import save_tiny_checkpoint
+from tinymodel import INTENTS, save_tiny_checkpoint
 from transformers import pipeline
 
 from intentd.errors import ModelError
-from intentd.model import Classifier
-from intentd.resample import MODEL_RATE_HZ
+from intentd.model import Classifier, Prediction
+from intentd.resample import MODEL_RATE_HZ, change_speed
 
 
 def _clips() -> list[np.ndarray]:
@@ -77,3 +77,37 @@ def test_a_bad_trained_rate_is_a_model_error(rate: object, tmp_path: Path) -> No
 def test_a_whole_float_trained_rate_is_read_as_an_integer(tmp_path: Path) -> None:
     clf = Classifier(save_tiny_checkpoint(tmp_path, intentd_trained_rate_hz=8000.0), device="cpu")
     assert clf.trained_rate_hz == 8000 and isinstance(clf.trained_rate_hz, int)
+
+
+def _all_scores(p: Prediction) -> np.ndarray:
+    return np.array([dict(p.top_k)[label] for label in INTENTS])
+
+
+def test_tta_speeds_average_the_scores_at_each_speed(tmp_path: Path) -> None:
+    plain = Classifier(save_tiny_checkpoint(tmp_path / "plain"), device="cpu", top_k=14)
+    speeds = [0.9, 1.0, 1.1]
+    tta = Classifier(
+        save_tiny_checkpoint(tmp_path / "tta", intentd_tta_speeds=speeds), device="cpu", top_k=14
+    )
+    assert tta.tta_speeds == (0.9, 1.0, 1.1)
+    clips = _clips()
+    for clip, p in zip(clips, tta.classify(clips), strict=True):  # several lengths, in input order
+        want = np.mean([_all_scores(plain.classify([change_speed(clip, s)])[0]) for s in speeds], axis=0)
+        np.testing.assert_allclose(_all_scores(p), want, atol=1e-6)
+        assert p.score == pytest.approx(want.max(), abs=1e-6)
+        # A random tiny model's scores sit near 1/14: the speeds move them by ~1e-4.
+        assert np.abs(want - _all_scores(plain.classify([clip])[0])).max() > 1e-5
+
+
+def test_a_tta_speed_of_one_is_the_plain_model(tmp_path: Path) -> None:
+    plain = Classifier(save_tiny_checkpoint(tmp_path / "plain"), device="cpu", top_k=14)
+    one = Classifier(save_tiny_checkpoint(tmp_path / "one", intentd_tta_speeds=[1]), device="cpu", top_k=14)
+    assert plain.tta_speeds == one.tta_speeds == (1.0,)
+    for a, b in zip(plain.classify(_clips()), one.classify(_clips()), strict=True):
+        assert a.top_k == b.top_k
+
+
+@pytest.mark.parametrize("speeds", [[], 1.05, ["fast"], [True], [0.5, 1.0]])
+def test_bad_tta_speeds_are_a_model_error(speeds: object, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="intentd_tta_speeds must be a non-empty list of speeds"):
+        Classifier(save_tiny_checkpoint(tmp_path, intentd_tta_speeds=speeds), device="cpu")
