@@ -107,7 +107,9 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny from-scratch model trained by the CLI."""
     out = tmp_path_factory.mktemp("model") / "tiny"
-    r = train("--data", str(corpus), *TINY_RUN, "--no-augment", "--output", str(out))
+    r = train(
+        "--data", str(corpus), *TINY_RUN, "--no-augment", "--tta-speeds", "0.95,1,1.05", "--output", str(out)
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 
@@ -142,12 +144,14 @@ def test_output_folder_is_a_loadable_checkpoint_with_reports(trained: Path) -> N
     config = json.loads((trained / "config.json").read_text())
     assert sorted(config["label2id"]) == sorted(TEXTS)
     assert config["intentd_trained_rate_hz"] == CORPUS_RATE_HZ  # the daemon band-limits to it
+    assert config["intentd_tta_speeds"] == [0.95, 1.0, 1.05]  # the daemon classifies at each
     metrics = json.loads((trained / "metrics.json").read_text())
     assert set(metrics["per_intent_accuracy"]) == set(TEXTS)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["test_clips"] > 0
     # A tiny split's accuracy is not a verdict on the model, and the card says so.
     assert metrics["test_clips"] < 10 * len(TEXTS)
     assert "too few to judge the model by" in (trained / "README.md").read_text()
+    assert "at 0.95, 1, 1.05 times the speed" in (trained / "README.md").read_text()
     assert metrics["train_time_s"] > 0 and metrics["seed"] == 0
     # The corpus has transcripts, so the run trained a CTC head beside the classifier; the
     # checkpoint holds the classifier alone.
@@ -273,3 +277,17 @@ def test_error_checkpoint_labels_do_not_match(corpus: Path, tiny_model: Path, tm
 def test_error_average_decay_out_of_range(corpus: Path, tmp_path: Path, decay: str) -> None:
     r = train("--data", str(corpus), *TINY_RUN, "--average-decay", decay, "--output", str(tmp_path / "o"))
     _assert_one_line_error(r, "--average-decay", decay)
+
+
+@pytest.mark.parametrize("speeds", ["0.5,1", "1,1.3"])
+def test_error_tta_speeds_out_of_range(corpus: Path, tmp_path: Path, speeds: str) -> None:
+    r = train("--data", str(corpus), *TINY_RUN, "--tta-speeds", speeds, "--output", str(tmp_path / "o"))
+    _assert_one_line_error(r, f"--tta-speeds {speeds}", "[0.8, 1.25]")
+
+
+def test_error_tta_speeds_not_numbers(corpus: Path, tmp_path: Path) -> None:
+    r = train("--data", str(corpus), *TINY_RUN, "--tta-speeds", "1,fast", "--output", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert (
+        r.stderr.strip().splitlines()[-1].startswith("intentd train: error: argument --tta-speeds: '1,fast'")
+    )

@@ -97,6 +97,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "with --no-layer-sum, the last layer only",
     )
     p.add_argument(
+        "--tta-speeds",
+        type=_speeds,
+        help="comma-separated speeds, e.g. 0.95,1,1.05: the saved model is run at each (tempo "
+        "and pitch together, as the speed augmentation) and the results averaged, for every "
+        "utterance the daemon classifies (default: 1 only)",
+    )
+    p.add_argument(
         "--average-decay",
         type=float,
         help="save an exponential moving average of the weights with this decay per update "
@@ -122,6 +129,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--log-level", default="info", help="debug, info (default), warning or error")
     p.set_defaults(func=run)
     return p
+
+
+def _speeds(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of numbers") from None
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -153,6 +167,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "ctc_units": args.ctc_units,
         "words_weight": args.words_weight,
         "layer_sum": args.layer_sum,
+        "tta_speeds": args.tta_speeds,
         "average_decay": args.average_decay,
         "test_fraction": args.test_fraction,
         "time_budget_min": args.time_budget_min,
@@ -180,6 +195,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _validate(c: TrainConfig) -> None:
+    from intentd.model import TTA_SPEED_RANGE  # torch: only once training is asked for
+
     if c.epochs <= 0 or c.learning_rate <= 0 or c.batch_size < 1:
         raise IntentdError("--epochs, --lr and --batch-size must be positive")
     if not 0.0 < c.max_length_s <= 60.0:
@@ -194,6 +211,10 @@ def _validate(c: TrainConfig) -> None:
         raise IntentdError(f"--words-weight {c.words_weight} must be >= 0")
     if not c.layer_sum and c.from_config is None:
         raise IntentdError("--no-layer-sum applies to --from-config only: a checkpoint keeps its own")
+    lo, hi = TTA_SPEED_RANGE
+    if c.tta_speeds is not None and not all(lo <= s <= hi for s in c.tta_speeds):
+        shown = ",".join(f"{s:g}" for s in c.tta_speeds)
+        raise IntentdError(f"--tta-speeds {shown}: each speed must be in [{lo}, {hi}]")
     if not 0.0 <= c.average_decay < 1.0:
         raise IntentdError(f"--average-decay {c.average_decay} must be in [0, 1)")
     if not (0.0 <= c.mask_time_prob < 1.0 and 0.0 <= c.mask_feature_prob < 1.0):

@@ -26,7 +26,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     import torch
     from transformers import TrainingArguments, set_seed
 
-    from intentd.model import TRAINED_RATE_KEY
+    from intentd.model import TRAINED_RATE_KEY, TTA_SPEEDS_KEY
     from intentd_train import data, modeling, report
 
     if config.num_threads:
@@ -139,6 +139,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     # The classifier alone: the CTC head was a training aid.
     setattr(classifier.config, TRAINED_RATE_KEY, trained_rate_hz)
+    if config.tta_speeds is not None:
+        setattr(classifier.config, TTA_SPEEDS_KEY, list(config.tta_speeds))
     evaluations = {}
     if average is not None:
         # The last step's weights, kept and scored beside the average the run saves.

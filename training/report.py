@@ -147,6 +147,13 @@ def _model_card(metrics: dict[str, Any], config: TrainConfig) -> str:
             f"; too few to judge the model by (under {MIN_JUDGED_CLIPS_PER_INTENT} per intent): "
             "measure it on a held-out set of your own"
         )
+    tta = ""
+    if config.tta_speeds is not None:
+        speeds = ", ".join(f"{s:g}" for s in config.tta_speeds)
+        tta = (
+            f"\nintentd classifies each utterance at {speeds} times the speed and averages the\n"
+            "scores (`intentd_tta_speeds` in config.json); the accuracies here are at speed 1 only.\n"
+        )
     return f"""---
 library_name: transformers
 pipeline_tag: audio-classification
@@ -168,7 +175,7 @@ Wav2Vec2 audio classifier for {len(metrics["labels"])} spoken banking intents, t
 
 Input: 16 kHz float32 mono (intentd resamples every source to 16 kHz with the same code
 used in training). Load with `AutoFeatureExtractor` and `AutoModelForAudioClassification`.
-
+{tta}
 | intent | held-out accuracy |
 |---|---|
 {rows}
