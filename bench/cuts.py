@@ -20,7 +20,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from intentd.classify import load_clip
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from heldout import file_stem
+
+from intentd.classify import classify_clips, load_clip
 from intentd.model import Classifier
 from intentd.resample import to_model_rate
 
@@ -32,18 +36,15 @@ CUTS = ("clip", "event", "span", "span+pad")
 
 
 def cuts(out: Path, trained_rate_hz: int | None) -> tuple[dict[str, list[np.ndarray]], list[str]]:
-    """Each utterance's four cuts (16 kHz float32) and its intent, in heldout.json's order."""
+    """Each utterance's four cuts (16 kHz float32) and its intent, voice by voice."""
     report = json.loads((out / "heldout.json").read_text())
     audio: dict[str, list[np.ndarray]] = {c: [] for c in CUTS}
     want: list[str] = []
     for voice in sorted({item["voice"] for item in report["items"]}):
-        stream, rate_hz = sf.read(str(out / "streams" / f"{voice}.wav"), dtype="float32")
-        lines = (out / "streams" / f"{voice}.events.jsonl").read_text().splitlines()
+        stem = out / "streams" / file_stem(voice)
+        stream, rate_hz = sf.read(f"{stem}.wav", dtype="float32")
+        lines = Path(f"{stem}.events.jsonl").read_text().splitlines()
         events = [json.loads(line) for line in lines]
-
-        def cut(start_s: float, end_s: float, x: np.ndarray = stream, r: int = rate_hz) -> np.ndarray:
-            return to_model_rate(x[int(max(0.0, start_s) * r) : int(end_s * r)], r, trained_rate_hz)
-
         for item in (i for i in report["items"] if i["voice"] == voice):
             s0, s1 = item["stream"]["start_s"], item["stream"]["end_s"]
             overlaps = [(min(s1, e["end_s"]) - max(s0, e["start_s"]), e) for e in events]
@@ -51,17 +52,20 @@ def cuts(out: Path, trained_rate_hz: int | None) -> tuple[dict[str, list[np.ndar
             if overlap <= 0:
                 continue  # missed by the segmenter: no event to cut
             audio["clip"].append(load_clip(item["clip"]["path"], trained_rate_hz))
-            audio["event"].append(cut(event["start_s"], event["end_s"]))
-            audio["span"].append(cut(s0, s1))
-            audio["span+pad"].append(cut(s0 - PAD_S, s1 + PAD_S))
+            for name, (start_s, end_s) in (
+                ("event", (event["start_s"], event["end_s"])),
+                ("span", (s0, s1)),
+                ("span+pad", (s0 - PAD_S, s1 + PAD_S)),
+            ):
+                piece = stream[int(max(0.0, start_s) * rate_hz) : int(end_s * rate_hz)]
+                audio[name].append(to_model_rate(piece, rate_hz, trained_rate_hz))
             want.append(item["intent"])
     return audio, want
 
 
 def right(clf: Classifier, clips: list[np.ndarray], want: list[str]) -> list[bool]:
-    """Whether each clip's top-1 is its intent."""
-    got = [p.top_k[0][0] for i in range(0, len(clips), BATCH) for p in clf.classify(clips[i : i + BATCH])]
-    return [g == w for g, w in zip(got, want, strict=True)]
+    """Whether each clip's top-1 is its intent, through `intentd classify`'s batching."""
+    return [p.intent == w for p, w in zip(classify_clips(clf, clips, BATCH), want, strict=True)]
 
 
 def main() -> int:
