@@ -6,6 +6,9 @@ layer written as overlapping frames times the kernel matrix in bf16 took 5 ms. T
 layout: the matmul gives `[batch, frames, channels]`, and transposing that to the conv layout
 cost as much as the matmul saved, so this encoder stays in the frames-first layout throughout,
 and the ONNX graph it feeds starts from it (`intentd.ort`, `features` input).
+
+Without AMX, `GraphEncoder` writes the same products as ONNX MatMuls inside the graph, so that
+ONNX Runtime's int8 quantiser covers the encoder too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ NORMS = ("group", "layer")
 # Narrower encoders are cheap in ONNX Runtime too, and handing over between two runtimes costs
 # more than the matmuls save: the 144-channel demo model took 2.7 ms a clip split, 2.0 whole.
 MIN_CHANNELS = 256
+# GraphEncoder's buffer of the waveform layer's kernel matrix: int8 leaves its product in fp32.
+WAVEFORM_WEIGHT = "weight0"
 NORM_EPS = 1e-5  # torch's GroupNorm and LayerNorm default, which wav2vec2's layers use
 # oneDNN builds a kernel for each new matmul shape, which doubled the encoder's time on every new
 # utterance length; rows padded to a multiple of this bound the shapes (blocks of fixed size
@@ -43,9 +48,13 @@ def supports(cfg: object) -> bool:
 
     wav2vec2, GELU, group or layer norm, conv layers at least MIN_CHANNELS wide.
     """
+    return graph_supports(cfg) and max(getattr(cfg, "conv_dim", (0,))) >= MIN_CHANNELS
+
+
+def graph_supports(cfg: object) -> bool:
+    """Whether `cfg`'s conv encoder is one `GraphEncoder` computes: wav2vec2, GELU, group or layer norm."""
     return (
         getattr(cfg, "model_type", None) == "wav2vec2"
-        and max(getattr(cfg, "conv_dim", (0,))) >= MIN_CHANNELS
         and getattr(cfg, "feat_extract_activation", None) == "gelu"
         and getattr(cfg, "feat_extract_norm", None) in NORMS
     )
@@ -104,7 +113,10 @@ class MatmulEncoder:
                 # [batch, frames, (channels,) k] -> [batch, frames padded, channels * k]: one copy
                 rows = self._rows(f"frames{i}", frames)
                 if i == 0 and self.group_norm:
-                    weights, shift = self._first_group_norm(frames, layer)
+                    weights, shift = fold_first_group_norm(
+                        frames, layer["weight"], layer["norm_weight"], layer["norm_bias"]
+                    )
+                    weights, shift = weights.to(torch.bfloat16), shift.to(torch.bfloat16)
                     y = self._buffer("out0", (*rows.shape[:2], weights.shape[1]))
                     torch.baddbmm(shift[:, None], rows, weights.transpose(1, 2), out=y)
                 else:
@@ -143,21 +155,71 @@ class MatmulEncoder:
             self._arena[name] = buf
         return buf[:numel].view(shape)
 
-    @staticmethod
-    def _first_group_norm(frames: torch.Tensor, layer: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conv layer 0's kernels and bias with its per-channel GroupNorm over time folded in, per clip.
 
-        A channel's output is frames @ w, so its mean over time is mean(frames) @ w and its
-        variance w' C w, with C the frames' k x k covariance. Normalising is then a per-clip scale
-        of each kernel row and a bias; the conv bias cancels out.
-        """
-        f = frames.float()
-        mean = f.mean(dim=1)  # [batch, k]
-        centred = f - mean[:, None]
-        cov = centred.transpose(1, 2) @ centred / f.shape[1]  # [batch, k, k]
-        w = layer["weight"]  # [channels, k]
-        var = torch.einsum("ck,bkl,cl->bc", w, cov, w)
-        scale = layer["norm_weight"] * torch.rsqrt(var + NORM_EPS)  # [batch, channels]
-        shift = layer["norm_bias"] - (mean @ w.T) * scale
-        kernels = w[None] * scale[..., None]  # [batch, channels, k]
-        return kernels.to(torch.bfloat16), shift.to(torch.bfloat16)
+def fold_first_group_norm(
+    frames: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv layer 0's kernels `[batch, channels, k]` and bias `[batch, channels]` with its
+    per-channel GroupNorm over time folded in, per clip, from its input `frames` `[batch, n, k]`.
+
+    A channel's output is frames @ w, so its mean over time is mean(frames) @ w and its
+    variance w' C w, with C the frames' k x k covariance. Normalising is then a per-clip scale
+    of each kernel row and a bias; the conv bias cancels out. This skips a pass over layer 0's
+    output, the encoder's largest tensor.
+    """
+    f = frames.float()
+    mean = f.mean(dim=1)  # [batch, k]
+    centred = f - mean[:, None]
+    cov = centred.transpose(1, 2) @ centred / f.shape[1]  # [batch, k, k]
+    var = ((weight @ cov) * weight).sum(-1)  # [batch, channels]
+    scale = norm_weight * torch.rsqrt(var + NORM_EPS)
+    shift = norm_bias - (mean @ weight.T) * scale
+    return weight[None] * scale[..., None], shift
+
+
+class GraphEncoder(torch.nn.Module):
+    """The conv encoder as tap gathers and MatMuls, written to be exported inside the ONNX graph.
+
+    ONNX Runtime's dynamic quantiser makes MatMuls int8 but leaves Convs in fp32 (its ConvInteger
+    was slower than them), and on a CPU without AMX those fp32 convs were half of an int8 pass.
+    Here each layer gathers its k taps with strided slices, concatenated channels-last, and
+    multiplies by the kernel matrix: MatMuls the quantiser covers. Layer 0, on the waveform,
+    stays fp32 (under 1 % of the encoder's arithmetic): with GroupNorm its kernels are made per
+    clip (`fold_first_group_norm`), which the quantiser leaves alone, and with LayerNorm
+    `intentd.ort` excludes its `WAVEFORM_WEIGHT` product. Takes `[batch, samples]`, returns
+    `[batch, channels, frames]` like the module it replaces; ONNX Runtime drops the transposes.
+    """
+
+    def __init__(self, cfg: object, conv_layers: torch.nn.ModuleList) -> None:
+        super().__init__()
+        self.kernels = [int(k) for k in cfg.conv_kernel]  # type: ignore[attr-defined]
+        self.strides = [int(s) for s in cfg.conv_stride]  # type: ignore[attr-defined]
+        self.group_norm = cfg.feat_extract_norm == "group"  # type: ignore[attr-defined]
+        for i, layer in enumerate(conv_layers):
+            w = layer.conv.weight.detach().float()  # [out, in, k]
+            # Rows are taps concatenated channels-last, (k, in): the matrix is ordered to match.
+            self.register_buffer(f"weight{i}", w.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous())
+            norm = getattr(layer, "layer_norm", None)
+            for name, t in (("bias", layer.conv.bias), ("norm_weight", getattr(norm, "weight", None)),
+                            ("norm_bias", getattr(norm, "bias", None))):  # fmt: skip
+                self.register_buffer(f"{name}{i}", None if t is None else t.detach().float())
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """`[batch, samples]` normalised audio to `[batch, channels, frames]` features."""
+        h = values[:, :, None]  # frames-first throughout: [batch, frames, channels]
+        for i, (k, s) in enumerate(zip(self.kernels, self.strides, strict=True)):
+            n = (h.shape[1] - k) // s + 1
+            rows = torch.cat([h[:, j : j + s * (n - 1) + 1 : s] for j in range(k)], dim=-1)
+            weight, bias = getattr(self, f"weight{i}"), getattr(self, f"bias{i}")
+            norm_weight, norm_bias = getattr(self, f"norm_weight{i}"), getattr(self, f"norm_bias{i}")
+            if i == 0 and self.group_norm:
+                kernels, shift = fold_first_group_norm(rows, weight.T, norm_weight, norm_bias)
+                y = rows @ kernels.transpose(1, 2) + shift[:, None]
+            else:
+                y = rows @ weight
+                if bias is not None:
+                    y = y + bias
+                if norm_weight is not None and not self.group_norm:
+                    y = F.layer_norm(y, norm_weight.shape, norm_weight, norm_bias, NORM_EPS)
+            h = F.gelu(y)
+        return h.transpose(1, 2)

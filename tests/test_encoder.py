@@ -1,4 +1,5 @@
-"""The conv encoder as bf16 matmuls, and the ONNX graph that starts after it (int8 on AMX)."""
+"""The conv encoder as matmuls: bf16 in torch with the ONNX graph after it (int8 on AMX), or inside
+the graph (int8 elsewhere)."""
 
 from __future__ import annotations
 
@@ -47,13 +48,9 @@ def _normalised(clip: np.ndarray) -> torch.Tensor:
 def test_matmul_encoder_matches_the_conv_encoder(
     clips: list[np.ndarray], tmp_path: Path, mask: bool, bias: bool
 ) -> None:
-    path = save_tiny_checkpoint(tmp_path / "m", with_attention_mask=mask, conv_bias=bias, **WIDE)
-    model = AutoModelForAudioClassification.from_pretrained(str(path)).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():  # trained-like norms: a fresh model's are weight 1, bias 0
-        for name, p in model.wav2vec2.feature_extractor.named_parameters():
-            if "layer_norm" in name or name.endswith("conv.bias"):
-                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("layer_norm.weight") else 0.0))
+    model = _trained_like(
+        save_tiny_checkpoint(tmp_path / "m", with_attention_mask=mask, conv_bias=bias, **WIDE)
+    )
     enc = encoder.MatmulEncoder(model.config, model.state_dict())
     for clip in clips:
         x = _normalised(clip)
@@ -62,6 +59,58 @@ def test_matmul_encoder_matches_the_conv_encoder(
         got = enc(x)
         assert got.shape == want.shape and got.dtype == torch.float32
         assert float((got - want).norm() / want.norm()) < 0.02  # bf16 products, fp32 statistics
+
+
+def _trained_like(path: Path) -> torch.nn.Module:
+    """The checkpoint with random encoder norms and biases: a fresh model's are weight 1, bias 0."""
+    model = AutoModelForAudioClassification.from_pretrained(str(path)).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.wav2vec2.feature_extractor.named_parameters():
+            if "layer_norm" in name or name.endswith("conv.bias"):
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("layer_norm.weight") else 0.0))
+    return model
+
+
+@pytest.mark.parametrize(("mask", "bias"), [(False, False), (False, True), (True, True)])
+def test_graph_encoder_computes_what_the_conv_encoder_computes(
+    clips: list[np.ndarray], tmp_path: Path, mask: bool, bias: bool
+) -> None:
+    model = _trained_like(
+        save_tiny_checkpoint(tmp_path / "m", with_attention_mask=mask, conv_bias=bias, **WIDE)
+    )
+    conv = model.wav2vec2.feature_extractor
+    graph = encoder.GraphEncoder(model.config, conv.conv_layers)
+    with torch.no_grad():
+        for clip in clips:  # four lengths
+            x = _normalised(clip)
+            torch.testing.assert_close(graph(x), conv(x), rtol=1e-4, atol=1e-4)
+        # A batch: each clip normalised over its own frames, as alone.
+        a, b = _normalised(clips[0]), _normalised(clips[1][: clips[0].size]) * 5.0
+        torch.testing.assert_close(
+            graph(torch.cat([a, b])), torch.cat([conv(a), conv(b)]), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_int8_export_runs_the_encoder_as_quantised_matmuls(
+    clips: list[np.ndarray], tmp_path: Path, cache: Path
+) -> None:
+    import onnx
+
+    # Layer norm: the waveform layer's kernels are a plain weight, which int8 must leave in fp32.
+    path = save_tiny_checkpoint(tmp_path / "m", with_attention_mask=True, **WIDE)
+    fp32 = Classifier(path, device="cpu", top_k=14).classify(clips)
+    int8 = Classifier(path, device="cpu", top_k=14, runtime="onnx", precision="int8", bf16_encoder=False)
+    assert int8.encoder is None and int8.onnx is not None
+    graph = onnx.load(str(int8.onnx.file)).graph
+    assert [n.name for n in graph.node if n.op_type == "Conv"] == [
+        "/model/wav2vec2/encoder/pos_conv_embed/conv/Conv"
+    ]
+    weights = {t.name.rsplit(".", 1)[-1] for t in graph.initializer if ".feature_extractor." in t.name}
+    assert encoder.WAVEFORM_WEIGHT in weights
+    assert {f"weight{i}_quantized" for i in range(1, 7)} <= weights
+    for want, got in zip(fp32, int8.classify(clips), strict=True):
+        assert abs(want.score - dict(got.top_k)[want.intent]) < 0.05
 
 
 def test_each_clip_in_a_batch_is_normalised_over_its_own_frames(
