@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 MODEL_LOAD_BUDGET_S = 120.0
+GIL_SWITCH_INTERVAL_S = 0.001  # Python's default is 0.005
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -214,11 +215,20 @@ def _run_pipeline(
 ) -> int:
     from intentd.security import serving
 
-    # The one place the CURVE authenticator thread (if keys are configured) starts and stops:
-    # before the first bind, after the last socket closed. Exposed endpoints without keys fail
-    # here, before the model loads.
-    with serving(cfg, publish) as curve:
-        return _run_pipeline_secured(cfg, publish, on_intent, args, curve)
+    # The audio thread and the worker share the GIL. At Python's default 5 ms switch interval, a
+    # thread back from a wait outside it (a socket poll, a cuda sync, an ONNX Runtime call) can
+    # wait that long for a thread running Python; many streams make that the tail of inference.
+    # Put back afterwards, like the signal handlers.
+    interval_before = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    try:
+        # The one place the CURVE authenticator thread (if keys are configured) starts and stops:
+        # before the first bind, after the last socket closed. Exposed endpoints without keys fail
+        # here, before the model loads.
+        with serving(cfg, publish) as curve:
+            return _run_pipeline_secured(cfg, publish, on_intent, args, curve)
+    finally:
+        sys.setswitchinterval(interval_before)
 
 
 def _run_pipeline_secured(

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE_MAX_CHUNKS = 250
 DEFAULT_MAX_STREAMS = 8
 DEFAULT_IDLE_TIMEOUT_S = 10.0
+# A stream silent for idle_timeout_s ends within this much longer (a tenth of it where shorter).
+MAX_IDLE_SCAN_S = 1.0
 # Frames between the protocol caps and this are refused and counted as `oversize`; a larger one
 # makes ZeroMQ drop the sender's connection before it is ever read (not counted here).
 MAX_MESSAGE_BYTES = 2 * (MAX_CHUNK_BYTES + MAX_HEADER_BYTES)
@@ -104,6 +106,11 @@ class NetSource:
         self._context = context
         self._curve = curve  # running CURVE server for exposed endpoints (see intentd.security)
         self._socket: zmq.Socket | None = None
+        self._poller = zmq.Poller()  # kept: pyzmq's Socket.poll builds a new one on every call
+        # Streams are checked for idleness this often, not on every read: the scan is over all
+        # open streams, and the audio thread's every microsecond is held under the GIL.
+        self._idle_scan_s = min(MAX_IDLE_SCAN_S, idle_timeout_s / 10)
+        self._next_idle_scan = 0.0
         self._streams: dict[str, _Stream] = {}
         # Ended streams whose final chunk the runner holds; acked on the next read(), i.e. once
         # the runner has cut and queued their last segments.
@@ -145,6 +152,7 @@ class NetSource:
             self._curve,
         )
         self._socket = sock
+        self._poller.register(sock, zmq.POLLIN)
         log.info("taking audio streams on %s (at most %d at once)", self.endpoint, self.max_streams)
 
     def read(self, timeout_s: float) -> Chunk | None:
@@ -153,13 +161,15 @@ class NetSource:
             raise RuntimeError(f"{self.name}: read() before open()")
         self._ack_handed_over()
         now = time.monotonic()
-        chunk = self._end_idle(now)
-        if chunk is not None:
-            return chunk
+        if now >= self._next_idle_scan:
+            chunk = self._end_idle(now)
+            if chunk is not None:  # scan again on the next read: another may be idle too
+                return chunk
+            self._next_idle_scan = now + self._idle_scan_s
         deadline = now + timeout_s
         while True:
             wait_ms = max(0, round((deadline - time.monotonic()) * 1000))
-            if not self._socket.poll(wait_ms, zmq.POLLIN):
+            if not self._poller.poll(wait_ms):
                 return None
             frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=True)
             chunk = self._handle(frames[0], frames[1:], time.monotonic())
@@ -171,6 +181,7 @@ class NetSource:
     def close(self) -> None:
         """Unbind; streams still open are forgotten (the runner cuts their segments)."""
         if self._socket is not None:
+            self._poller.unregister(self._socket)
             self._socket.close(linger=0)
             self._socket = None
         self._streams.clear()
