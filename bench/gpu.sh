@@ -5,6 +5,10 @@
 #   bench/gpu.sh [OUT_DIR]          (default bench/out/gpu)
 #   bench/gpu.sh --prepare          makes the inputs in bench/out (needs espeak-ng)
 #
+# Environment: PARTS (default "shapes throughput capacity"), STREAMS, CHUNK_MS (each sender's
+# message size for capacity, default 20), CUDNN, REPEAT, VARIANTS (throughput), TAG (appended to
+# the capacity file name, so runs of several code versions sit side by side).
+#
 # The run needs a python (PYTHON, default python3) with torch on cuda, transformers, and intentd
 # importable. Its inputs (clips and streams) are made beforehand by --prepare on any machine with
 # espeak-ng, since a GPU box may have none, and travel in bench/out. Capacity runs without
@@ -16,6 +20,8 @@ STREAM_S=30
 STREAMS=${STREAMS:-"64 128 256 384"}
 CUDNN=${CUDNN:-on}  # model.cudnn for the capacity run
 REPEAT=${REPEAT:-10}
+PARTS=${PARTS:-"shapes throughput capacity"}
+CHUNK_MS=${CHUNK_MS:-20}
 if [ "${1:-}" = "--prepare" ]; then
     exec "$PY" -c "
 import sys; sys.path.insert(0, 'bench')
@@ -31,9 +37,15 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$out/gpu.txt"
-"$PY" bench/shapes.py --out "$out/shapes-cuda.json"
-"$PY" bench/throughput.py --device cuda --repeat "$REPEAT" --block 256 --warmup 256 \
-    ${VARIANTS:+--variants $VARIANTS} --out "$out/throughput-cuda.json"
-# shellcheck disable=SC2086
-"$PY" bench/live.py capacity --device cuda --precision fp32 --max-batch 64 --cudnn "$CUDNN" --streams $STREAMS \
-    --duration-s "$STREAM_S" --speculative off --p99-of daemon --p99-target-ms 150 --out "$out/capacity-cuda.json"
+case " $PARTS " in *" shapes "*) "$PY" bench/shapes.py --out "$out/shapes-cuda.json" ;; esac
+case " $PARTS " in *" throughput "*)
+    # shellcheck disable=SC2086
+    "$PY" bench/throughput.py --device cuda --repeat "$REPEAT" --block 256 --warmup 256 \
+        ${VARIANTS:+--variants $VARIANTS} --out "$out/throughput-cuda.json" ;;
+esac
+case " $PARTS " in *" capacity "*)
+    # shellcheck disable=SC2086
+    "$PY" bench/live.py capacity --device cuda --precision fp32 --max-batch 64 --cudnn "$CUDNN" --streams $STREAMS \
+        --duration-s "$STREAM_S" --chunk-ms "$CHUNK_MS" --speculative off --p99-of daemon --p99-target-ms 150 \
+        --out "$out/capacity-cuda${TAG:+-$TAG}.json" ;;
+esac

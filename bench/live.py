@@ -181,9 +181,14 @@ class Daemon:
 
 
 def send_realtime(
-    endpoint: str, stream_id: str, samples: np.ndarray, out: dict[str, float], delay_s: float = 0.0
+    endpoint: str,
+    stream_id: str,
+    samples: np.ndarray,
+    out: dict[str, float],
+    delay_s: float = 0.0,
+    chunk_ms: int = CHUNK_MS,
 ) -> None:
-    """Stream float32 16 kHz audio in CHUNK_MS chunks at real time, after `delay_s`; records start
+    """Stream float32 16 kHz audio in `chunk_ms` chunks at real time, after `delay_s`; records start
     time and worst lag."""
     time.sleep(delay_s)
     sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -193,7 +198,7 @@ def send_realtime(
         sock.send_multipart(StreamStart(stream_id, MODEL_RATE_HZ, 1, "f32le").to_frames())
         if not sock.poll(30_000) or decode_ack(sock.recv_multipart()).status != "started":
             raise RuntimeError(f"stream {stream_id} not started")
-        step = MODEL_RATE_HZ * CHUNK_MS // 1000
+        step = MODEL_RATE_HZ * chunk_ms // 1000
         began = out["began"] = time.monotonic()
         lag = 0.0
         seq = 0
@@ -215,13 +220,14 @@ def send_realtime(
         sock.close(linger=0)
 
 
-def run_streams(daemon: Daemon, streams: list[Stream]) -> list[dict[str, object]]:
+def run_streams(daemon: Daemon, streams: list[Stream], chunk_ms: int = CHUNK_MS) -> list[dict[str, object]]:
     """Send every stream concurrently at real time; one row per true utterance."""
     ids = [f"bench-{i}" for i in range(len(streams))]
     info: list[dict[str, float]] = [{} for _ in streams]
     threads = [
         threading.Thread(
-            target=send_realtime, args=(daemon.audio_ep, sid, s.samples, o, (i * 0.618034) % 1 * STAGGER_S)
+            target=send_realtime,
+            args=(daemon.audio_ep, sid, s.samples, o, (i * 0.618034) % 1 * STAGGER_S, chunk_ms),
         )
         for i, (sid, s, o) in enumerate(zip(ids, streams, info, strict=True))
     ]
@@ -317,6 +323,7 @@ def one_case(
     max_batch: int = 8,
     cudnn: bool = True,
     confident: tuple[int, float] = (0, 0.9),
+    chunk_ms: int = CHUNK_MS,
 ) -> dict[str, object]:
     """Start a daemon, stream `n_streams` synthetic streams through it, stop it; the summary."""
     streams = [
@@ -338,7 +345,7 @@ def one_case(
             confident,
         )
         try:
-            res = summary(run_streams(daemon, streams), daemon, hangover_ms)
+            res = summary(run_streams(daemon, streams, chunk_ms), daemon, hangover_ms)
         finally:
             daemon.stop()
     case = {
@@ -354,6 +361,7 @@ def one_case(
         "model": model.name,
         "streams": n_streams,
         "duration_s": duration_s,
+        "chunk_ms": chunk_ms,
         "machine": load,
         **res,
     }
@@ -448,6 +456,7 @@ def main() -> int:
     ap.add_argument("--cudnn", choices=("on", "off"), default="on", help="model.cudnn (cuda only)")
     ap.add_argument("--p99-of", choices=("total", "daemon"), default="total", help="capacity's latency")
     ap.add_argument("--p99-target-ms", type=float, default=P99_TARGET_MS)
+    ap.add_argument("--chunk-ms", type=int, default=CHUNK_MS, help="audio per message from each sender")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     model = args.model or base_checkpoint()
@@ -463,6 +472,7 @@ def main() -> int:
                     case = one_case(
                         model, precision, h, spec == "on", n, duration_s, gaps, threads,
                         args.device, args.max_batch, args.cudnn == "on", (ch, args.confident_score),
+                        args.chunk_ms,
                     )  # fmt: skip
                     cases.append(case)
                     if args.command == "capacity":
