@@ -6,6 +6,8 @@ import json
 import logging
 import signal
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -46,23 +48,37 @@ def test_replay_gives_one_event_per_utterance(tiny_model: Path, tmp_path: Path, 
     assert len({e["run_id"] for e in events}) == 1
 
 
-def test_replay_in_process_puts_the_signal_handlers_back(
+def test_replay_in_process_runs_at_the_short_switch_interval_and_puts_things_back(
     tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from intentd.cli import main
+    from intentd.cli import GIL_SWITCH_INTERVAL_S, main
 
     wav = speech.recording(TEXTS[:1], rate_hz=16000, gap_s=0.5).write(tmp_path / "one.wav")
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     before = [signal.getsignal(s) for s in signals]
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    interval_before = sys.getswitchinterval()
+    seen: set[float] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.005):
+            seen.add(sys.getswitchinterval())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     try:
         assert main(["replay", str(wav), "--model", str(tiny_model), "--device", "cpu"]) == 0
     finally:  # main() installs the CLI's log handler; later tests expect the root logger as it was
+        done.set()
+        watcher.join()
         root.handlers[:] = handlers
         root.setLevel(level)
     assert len(capsys.readouterr().out.splitlines()) == 1
     assert [signal.getsignal(s) for s in signals] == before
+    assert GIL_SWITCH_INTERVAL_S in seen and GIL_SWITCH_INTERVAL_S < interval_before
+    assert sys.getswitchinterval() == interval_before
 
 
 def test_classify_one_line_per_file(tiny_model: Path, tmp_path: Path) -> None:
