@@ -219,7 +219,7 @@ class GraphEncoder(torch.nn.Module):
                 y = rows @ weight
                 if bias is not None:
                     y = y + bias
-                if norm_weight is not None and not self.group_norm:
+                if norm_weight is not None:  # layer norm; group norm is on layer 0 only, folded above
                     y = F.layer_norm(y, norm_weight.shape, norm_weight, norm_bias, NORM_EPS)
             h = F.gelu(y)
         return h.transpose(1, 2)
